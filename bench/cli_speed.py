@@ -1,0 +1,132 @@
+"""Wall time of whole `deployctl` processes, printed as a table (medians of N runs).
+
+    .venv/bin/python bench/cli_speed.py [--runs 10] [--offers 10000]
+
+1. `deployctl --help` cold start (target: median < 0.3 s).
+2. `deployctl plan qwen-14b --catalog DIR --json` over >= 10,000 catalog offers (target:
+   median < 0.5 s for the whole process), next to SkyPilot's own catalog query on the same
+   data (`sky.catalog.list_accelerators`, also a whole process), as a ratio.
+
+The 10,000-offer catalog is the snapshot in tests/fixtures/catalog, with rows repeated
+under extra region names until the planner sees at least --offers offers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT = ROOT / "tests" / "fixtures" / "catalog"
+VENV_BIN = Path(sys.executable).parent
+DEPLOYCTL = str(VENV_BIN / "deployctl")
+
+
+def wall(cmd: list[str], env: dict[str, str] | None = None, runs: int = 10) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - started)
+        if proc.returncode not in (0, 4):
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return times
+
+
+def build_catalog(target_offers: int, dest: Path) -> int:
+    """Copy the snapshot, then repeat rows under new region names until >= target offers."""
+    sys.path.insert(0, str(ROOT))
+    from orchestrator.catalog import read_catalog_dir
+
+    for f in SNAPSHOT.glob("*.csv"):
+        shutil.copy(f, dest / f.name)
+    copies = 0
+    while (count := len(read_catalog_dir(dest).offers)) < target_offers:
+        copies += 1
+        for name in ("aws.csv", "gcp.csv", "runpod.csv", "lambda.csv"):
+            src = SNAPSHOT / name
+            with src.open(newline="") as fh:
+                rows = list(csv.reader(fh))
+            header, body = rows[0], rows[1:]
+            region = header.index("Region")
+            with (dest / name).open("a", newline="") as fh:
+                writer = csv.writer(fh, lineterminator="\n")
+                for row in body:
+                    if len(row) > region:
+                        row = list(row)
+                        row[region] = f"{row[region]}-copy{copies}"
+                        writer.writerow(row)
+    return count
+
+
+def sky_env(catalog: Path, home: Path) -> dict[str, str]:
+    """A HOME whose ~/.sky/catalogs/v7/<cloud>/vms.csv holds the same data."""
+    for f in catalog.glob("*.csv"):
+        if f.stem == "accelerators":
+            target = home / ".sky" / "catalogs" / "v7" / "common"
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, target / "accelerators.csv")
+            continue
+        target = home / ".sky" / "catalogs" / "v7" / f.stem
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, target / "vms.csv")
+    return {**os.environ, "HOME": str(home)}
+
+
+SKY_QUERY = (
+    "import sky.catalog as c; r = c.list_accelerators(gpus_only=True, all_regions=True, "
+    "clouds=['aws','gcp','azure','lambda','runpod','vast','cudo','nebius','hyperbolic',"
+    "'primeintellect','shadeform'], require_price=True); "
+    "print(sum(len(v) for v in r.values()))"
+)
+
+
+def row(label: str, times: list[float], target: str = "") -> str:
+    return (f"{label:<58}{statistics.median(times):>9.3f}{min(times):>9.3f}"
+            f"{max(times):>9.3f}  {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--offers", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = Path(tmp) / "catalog"
+        catalog.mkdir()
+        offers = build_catalog(args.offers, catalog)
+        env = {**os.environ, "HOME": str(Path(tmp) / "home")}
+        help_t = wall([DEPLOYCTL, "--help"], env, args.runs)
+        plan_cmd = [DEPLOYCTL, "plan", "qwen-14b", "--catalog", str(catalog), "--json",
+                    "--provider", "vast,runpod,skypilot"]
+        plan_t = wall(plan_cmd, env, args.runs)
+        out = subprocess.run(plan_cmd, env=env, capture_output=True, text=True).stdout
+        considered = json.loads(out)["offers_considered"]
+        print(f"{'command (whole process, seconds)':<58}{'median':>9}{'min':>9}{'max':>9}")
+        print(row("deployctl --help", help_t, "target median < 0.3 s"))
+        print(row(f"deployctl plan qwen-14b --catalog ({considered} offers)", plan_t,
+                  "target median < 0.5 s"))
+        sky_python = VENV_BIN / "python"
+        try:
+            sky_t = wall([str(sky_python), "-c", SKY_QUERY],
+                         sky_env(catalog, Path(tmp) / "skyhome"), max(3, args.runs // 2))
+        except SystemExit as exc:
+            print(f"SkyPilot catalog query could not run: {exc}")
+            return
+        print(row("SkyPilot list_accelerators, same catalog", sky_t))
+        ratio = statistics.median(sky_t) / statistics.median(plan_t)
+        print(f"\nplan (sizing + scoring {considered} offers) is {ratio:.1f}x faster than "
+              f"SkyPilot's catalog listing alone ({offers} offers in the catalog).")
+
+
+if __name__ == "__main__":
+    main()

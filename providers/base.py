@@ -1,0 +1,150 @@
+"""The Provider protocol every adapter implements, and shared HTTP helpers.
+
+Contract (see DESIGN §3):
+- `check_credentials()` never raises for a missing key: it returns ok=False and a hint.
+- `list_offers(query)` returns normalised `Offer`s; it may over-return (the core re-filters
+  with `orchestrator.offers.matches`), but it never returns an offer whose GPU it could not
+  name: unknown GPU names are collected in `unknown_gpu_names` and reported.
+- Vendor errors are translated here into `orchestrator.errors`; only the retryable branch
+  is retried (`orchestrator.retry`).
+- Lifecycle methods (launch, get, list_instances, terminate) arrive with the lifecycle work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from orchestrator.errors import (
+    CredentialsError,
+    OfferUnavailableError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from orchestrator.models import CredentialStatus, Offer, OfferQuery
+from orchestrator.retry import DEFAULT_POLICY, RetryPolicy, call_with_retries
+
+__all__ = ["HttpApi", "Provider", "env_secret"]
+
+USER_AGENT = "deployctl/0.1"
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What the core needs from a GPU provider."""
+
+    name: ClassVar[str]
+
+    def check_credentials(self) -> CredentialStatus:
+        """ok, or missing/invalid with a one-line hint on how to fix it. Never raises."""
+        ...
+
+    def list_offers(self, query: OfferQuery) -> list[Offer]:
+        """Offers matching `query` (may over-return). Raises ProviderError subclasses."""
+        ...
+
+
+def env_secret(name: str) -> str | None:
+    """A credential from the environment, stripped; None when unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+class HttpApi:
+    """A small httpx wrapper: base URL, auth header, timeouts, error translation, retries.
+
+    Status codes map to the error tree: 401/403 -> CredentialsError, 404/410 ->
+    OfferUnavailableError when `missing_is_unavailable`, 429 -> RateLimitedError,
+    5xx -> ProviderUnavailableError, transport timeouts -> ProviderTimeoutError,
+    other transport errors -> ProviderUnavailableError.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 10.0,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self.timeout_s = timeout_s
+        self.policy = policy
+        self.secrets = secrets
+
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        missing_is_unavailable: bool = False,
+    ) -> Any:
+        """Send one request (with bounded retries) and return the decoded JSON body."""
+
+        def once() -> Any:
+            return self._once(method, path, json, params, missing_is_unavailable)
+
+        return call_with_retries(once, self.policy)
+
+    def _once(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, Any] | None,
+        missing_is_unavailable: bool,
+    ) -> Any:
+        import httpx  # imported on first use: the CLI must start fast
+
+        url = f"{self.base_url}{path}"
+        try:
+            with httpx.Client(timeout=self.timeout_s, headers=self.headers) as client:
+                response = client.request(method, url, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeoutError(
+                self.provider, f"no answer from {self.base_url} within {self.timeout_s:g} s"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ProviderUnavailableError(
+                self.provider, f"cannot reach {self.base_url} ({type(exc).__name__})"
+            ) from exc
+        self._raise_for_status(response, missing_is_unavailable)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ProviderUnavailableError(
+                self.provider, f"{method} {path} returned a body that is not JSON"
+            ) from exc
+
+    def _raise_for_status(self, response, missing_is_unavailable: bool) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        detail = self._detail(response)
+        where = f"{response.request.method} {response.request.url.path}"
+        if status in (401, 403):
+            raise CredentialsError(
+                self.provider, f"the API key was rejected (HTTP {status}) on {where}"
+            )
+        if status == 429:
+            raise RateLimitedError(self.provider, f"rate limited (HTTP 429) on {where}")
+        if status >= 500:
+            raise ProviderUnavailableError(self.provider, f"HTTP {status} on {where}{detail}")
+        if status in (404, 410) and missing_is_unavailable:
+            raise OfferUnavailableError(self.provider, f"not found (HTTP {status}) on {where}")
+        raise ProviderError(self.provider, f"HTTP {status} on {where}{detail}")
+
+    def _detail(self, response) -> str:
+        text = response.text.strip().replace("\n", " ")[:200]
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return f": {text}" if text else ""
