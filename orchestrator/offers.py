@@ -48,16 +48,22 @@ class OfferSearch:
         return lines
 
 
+# Providers state VRAM as the driver reports it (an RTX 4090 is 23.99 GiB): a user asking
+# for "24 GiB" means the 24 GB class, so minimums allow this much slack.
+VRAM_SLACK = 0.95
+
+
 def matches(offer: Offer, query: OfferQuery) -> bool:
     """True when `offer` satisfies every filter of `query` (adapters may over-return)."""
     if query.gpus is not None and offer.gpu not in query.gpus:
         return False
-    if query.min_vram_gib is not None and offer.vram_gib and offer.vram_gib < query.min_vram_gib:
+    vram = offer.vram_gib
+    if query.min_vram_gib is not None and vram and vram < query.min_vram_gib * VRAM_SLACK:
         return False
     if (
         query.min_total_vram_gib is not None
-        and offer.vram_gib
-        and offer.vram_gib * offer.gpu_count < query.min_total_vram_gib
+        and vram
+        and vram * offer.gpu_count < query.min_total_vram_gib * VRAM_SLACK
     ):
         return False
     if (

@@ -26,7 +26,7 @@ from orchestrator.errors import (
 from orchestrator.models import CredentialStatus, Offer, OfferQuery
 from orchestrator.retry import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
-__all__ = ["HttpApi", "Provider", "env_secret"]
+__all__ = ["HttpApi", "Provider", "canonical_gpu", "env_secret"]
 
 USER_AGENT = "deployctl/0.1"
 
@@ -44,6 +44,26 @@ class Provider(Protocol):
     def list_offers(self, query: OfferQuery) -> list[Offer]:
         """Offers matching `query` (may over-return). Raises ProviderError subclasses."""
         ...
+
+
+def canonical_gpu(
+    names: list[str], *, vram_mib: float | None, hint: str, unknown: set[str]
+) -> str | None:
+    """The canonical GPU for the first of `names` that normalises, else None.
+
+    A name that is neither a GPU we know nor a known non-CUDA accelerator (TPU, AMD, ...)
+    is added to `unknown`, so the CLI can report it instead of dropping it silently.
+    """
+    from orchestrator.hardware import classify_accelerator, normalize_gpu_name
+
+    for name in names:
+        if name:
+            gpu = normalize_gpu_name(name, vram_mib=vram_mib, hint=hint)
+            if gpu is not None:
+                return gpu
+    if not any(classify_accelerator(name) for name in names if name):
+        unknown.add(names[0] if names else "")
+    return None
 
 
 def env_secret(name: str) -> str | None:
