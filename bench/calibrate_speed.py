@@ -141,8 +141,23 @@ def load_rows(path: Path) -> tuple[list[Row], dict[str, int]]:
             continue
         gpu = get_gpu(gpu_name)
         rows.append(
-            Row(r["row_id"], r["source_id"], label, engine, own, gpu.name, gpu.gpu_class,
-                int(r["gpu_count"]), model.name, quant, concurrency, prompt, gen, metric, value)
+            Row(
+                r["row_id"],
+                r["source_id"],
+                label,
+                engine,
+                own,
+                gpu.name,
+                gpu.gpu_class,
+                int(r["gpu_count"]),
+                model.name,
+                quant,
+                concurrency,
+                prompt,
+                gen,
+                metric,
+                value,
+            )
         )
     return rows, skipped
 
@@ -150,9 +165,12 @@ def load_rows(path: Path) -> tuple[list[Row], dict[str, int]]:
 def predict(row: Row) -> float | None:
     arch = find_model(row.model)
     inp = sizing.SizingInput(
-        arch=arch, quant=row.quant, engine=row.engine,
+        arch=arch,
+        quant=row.quant,
+        engine=row.engine,
         context_tokens=max(row.prompt_tokens + row.gen_tokens, 128),
-        concurrency=row.concurrency, prompt_tokens=max(row.prompt_tokens, 1),
+        concurrency=row.concurrency,
+        prompt_tokens=max(row.prompt_tokens, 1),
         output_tokens=max(row.gen_tokens, 1),
     )
     sized = sizing.estimate(inp, get_gpu(row.gpu), row.gpu_count)
@@ -176,16 +194,20 @@ def summary(results, label: str) -> None:
     if not results:
         return
     abs_err = [abs(e) for _, _, e in results]
-    print(f"\n{label}: {len(results)} rows, median |error| {statistics.median(abs_err):.1%}, "
-          f"mean error {statistics.fmean(e for _, _, e in results):+.1%}")
+    print(
+        f"\n{label}: {len(results)} rows, median |error| {statistics.median(abs_err):.1%}, "
+        f"mean error {statistics.fmean(e for _, _, e in results):+.1%}"
+    )
     print(f"  {'group':<34}{'rows':>5}{'median err':>12}{'median |err|':>14}")
     groups: dict[str, list[float]] = {}
     for row, _, e in results:
         groups.setdefault(f"class {row.gpu_class}", []).append(e)
         groups.setdefault(f"engine {row.engine.value}/{row.metric}", []).append(e)
     for name, errs in sorted(groups.items()):
-        print(f"  {name:<34}{len(errs):>5}{statistics.median(errs):>+12.1%}"
-              f"{statistics.median(abs(x) for x in errs):>14.1%}")
+        print(
+            f"  {name:<34}{len(errs):>5}{statistics.median(errs):>+12.1%}"
+            f"{statistics.median(abs(x) for x in errs):>14.1%}"
+        )
 
 
 def objective(rows: list[Row]) -> float:
@@ -216,9 +238,11 @@ def fit(rows: list[Row]) -> None:
             if best is None or score < best[0]:
                 best = (score, bw_h, bw_g, ov_h, ov_g)
         sizing.ENGINE_PROFILES[engine] = base
-        print(f"{engine.value}: best on {len(mine)} rows: eta_bw hbm {best[1]} gddr {best[2]}, "
-              f"layer overhead hbm {best[3] * 1e6:.0f} us gddr {best[4] * 1e6:.0f} us "
-              f"(objective {best[0]:.3f})")
+        print(
+            f"{engine.value}: best on {len(mine)} rows: eta_bw hbm {best[1]} gddr {best[2]}, "
+            f"layer overhead hbm {best[3] * 1e6:.0f} us gddr {best[4] * 1e6:.0f} us "
+            f"(objective {best[0]:.3f})"
+        )
 
 
 def main() -> None:
@@ -228,19 +252,25 @@ def main() -> None:
     parser.add_argument("--rows", action="store_true")
     args = parser.parse_args()
     rows, skipped = load_rows(args.csv)
-    print(f"{len(rows)} usable rows; skipped: " +
-          ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
+    print(
+        f"{len(rows)} usable rows; skipped: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+    )
     if args.fit:
         fit(rows)
         return
     results = errors(rows)
     if args.rows:
-        print(f"\n{'row':>4} {'source':<12}{'gpu':<16}{'n':>2} {'model':<24}{'quant':<6}"
-              f"{'conc':>5} {'metric':<10}{'measured':>10}{'predicted':>10}{'error':>8}")
+        print(
+            f"\n{'row':>4} {'source':<12}{'gpu':<16}{'n':>2} {'model':<24}{'quant':<6}"
+            f"{'conc':>5} {'metric':<10}{'measured':>10}{'predicted':>10}{'error':>8}"
+        )
         for row, predicted, err in results:
-            print(f"{row.row_id:>4} {row.source:<12}{row.gpu:<16}{row.gpu_count:>2} "
-                  f"{row.model[:23]:<24}{row.quant.value:<6}{row.concurrency:>5} "
-                  f"{row.metric:<10}{row.measured:>10.1f}{predicted:>10.1f}{err:>+8.0%}")
+            print(
+                f"{row.row_id:>4} {row.source:<12}{row.gpu:<16}{row.gpu_count:>2} "
+                f"{row.model[:23]:<24}{row.quant.value:<6}{row.concurrency:>5} "
+                f"{row.metric:<10}{row.measured:>10.1f}{predicted:>10.1f}{err:>+8.0%}"
+            )
     own = [x for x in results if x[0].own_engine]
     other = [x for x in results if not x[0].own_engine]
     summary(own, "Engines we deploy (llama.cpp, vLLM) — the calibration target")

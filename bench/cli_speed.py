@@ -91,8 +91,9 @@ SKY_QUERY = (
 
 
 def row(label: str, times: list[float], target: str = "") -> str:
-    return (f"{label:<58}{statistics.median(times):>9.3f}{min(times):>9.3f}"
-            f"{max(times):>9.3f}  {target}")
+    return (
+        f"{label:<58}{statistics.median(times):>9.3f}{min(times):>9.3f}{max(times):>9.3f}  {target}"
+    )
 
 
 def main() -> None:
@@ -106,26 +107,44 @@ def main() -> None:
         offers = build_catalog(args.offers, catalog)
         env = {**os.environ, "HOME": str(Path(tmp) / "home")}
         help_t = wall([DEPLOYCTL, "--help"], env, args.runs)
-        plan_cmd = [DEPLOYCTL, "plan", "qwen-14b", "--catalog", str(catalog), "--json",
-                    "--provider", "vast,runpod,skypilot"]
+        plan_cmd = [
+            DEPLOYCTL,
+            "plan",
+            "qwen-14b",
+            "--catalog",
+            str(catalog),
+            "--json",
+            "--provider",
+            "vast,runpod,skypilot",
+        ]
         plan_t = wall(plan_cmd, env, args.runs)
         out = subprocess.run(plan_cmd, env=env, capture_output=True, text=True).stdout
         considered = json.loads(out)["offers_considered"]
         print(f"{'command (whole process, seconds)':<58}{'median':>9}{'min':>9}{'max':>9}")
         print(row("deployctl --help", help_t, "target median < 0.3 s"))
-        print(row(f"deployctl plan qwen-14b --catalog ({considered} offers)", plan_t,
-                  "target median < 0.5 s"))
+        print(
+            row(
+                f"deployctl plan qwen-14b --catalog ({considered} offers)",
+                plan_t,
+                "target median < 0.5 s",
+            )
+        )
         sky_python = VENV_BIN / "python"
         try:
-            sky_t = wall([str(sky_python), "-c", SKY_QUERY],
-                         sky_env(catalog, Path(tmp) / "skyhome"), max(3, args.runs // 2))
+            sky_t = wall(
+                [str(sky_python), "-c", SKY_QUERY],
+                sky_env(catalog, Path(tmp) / "skyhome"),
+                max(3, args.runs // 2),
+            )
         except SystemExit as exc:
             print(f"SkyPilot catalog query could not run: {exc}")
             return
         print(row("SkyPilot list_accelerators, same catalog", sky_t))
         ratio = statistics.median(sky_t) / statistics.median(plan_t)
-        print(f"\nplan (sizing + scoring {considered} offers) is {ratio:.1f}x faster than "
-              f"SkyPilot's catalog listing alone ({offers} offers in the catalog).")
+        print(
+            f"\nplan (sizing + scoring {considered} offers) is {ratio:.1f}x faster than "
+            f"SkyPilot's catalog listing alone ({offers} offers in the catalog)."
+        )
 
 
 if __name__ == "__main__":

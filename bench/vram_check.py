@@ -45,17 +45,83 @@ class Case:
 
 
 CASES = [
-    Case("Llama-3.1-8B bf16, 3090, len 20000", "vllm#10517", "RTX3090", 1,
-         "Llama-3.1-8B-Instruct", Quant.BF16, 0.90, 20000, 20000, 0.35, 14.9888, 3.81, 31232),
-    Case("Llama-3.1-8B bf16, 3090, len 29000", "vllm#10517", "RTX3090", 1,
-         "Llama-3.1-8B-Instruct", Quant.BF16, 0.90, 29000, 29000, 0.35, 14.9888, 2.89, 23648),
-    Case("R1-Distill-Qwen-14B bf16, 2x4090 TP2", "vllm#13061", "RTX4090", 2,
-         "Qwen2.5-14B-Instruct", Quant.BF16, 0.98, 131072, 2048, 0.25, 13.9476, 8.69, 81536),
-    Case("Llama-2-7B fp16, A100 80GB", "vllm PR#2031", "A100-SXM4-80GB", 1,
-         "Llama-2-7B", Quant.FP16, 0.90, 4096, 4096, None, None, None, 7351 * 16, 7449 * 16),
-    Case("Llama-2-70B fp16, 4x A100 80GB TP4", "vllm PR#2031", "A100-SXM4-80GB", 4,
-         "Llama-2-70B", Quant.FP16, 0.90, 4096, 4096, None, None, None, 20865 * 16,
-         31615 * 16),
+    Case(
+        "Llama-3.1-8B bf16, 3090, len 20000",
+        "vllm#10517",
+        "RTX3090",
+        1,
+        "Llama-3.1-8B-Instruct",
+        Quant.BF16,
+        0.90,
+        20000,
+        20000,
+        0.35,
+        14.9888,
+        3.81,
+        31232,
+    ),
+    Case(
+        "Llama-3.1-8B bf16, 3090, len 29000",
+        "vllm#10517",
+        "RTX3090",
+        1,
+        "Llama-3.1-8B-Instruct",
+        Quant.BF16,
+        0.90,
+        29000,
+        29000,
+        0.35,
+        14.9888,
+        2.89,
+        23648,
+    ),
+    Case(
+        "R1-Distill-Qwen-14B bf16, 2x4090 TP2",
+        "vllm#13061",
+        "RTX4090",
+        2,
+        "Qwen2.5-14B-Instruct",
+        Quant.BF16,
+        0.98,
+        131072,
+        2048,
+        0.25,
+        13.9476,
+        8.69,
+        81536,
+    ),
+    Case(
+        "Llama-2-7B fp16, A100 80GB",
+        "vllm PR#2031",
+        "A100-SXM4-80GB",
+        1,
+        "Llama-2-7B",
+        Quant.FP16,
+        0.90,
+        4096,
+        4096,
+        None,
+        None,
+        None,
+        7351 * 16,
+        7449 * 16,
+    ),
+    Case(
+        "Llama-2-70B fp16, 4x A100 80GB TP4",
+        "vllm PR#2031",
+        "A100-SXM4-80GB",
+        4,
+        "Llama-2-70B",
+        Quant.FP16,
+        0.90,
+        4096,
+        4096,
+        None,
+        None,
+        None,
+        20865 * 16,
+        31615 * 16,
+    ),
 ]
 
 
@@ -70,8 +136,11 @@ def run_case(case: Case) -> dict:
         nccl_gib=0.0,
     )
     inp = SizingInput(
-        arch=find_model(case.model), quant=case.quant, engine=Engine.VLLM,
-        context_tokens=case.max_model_len, concurrency=1,
+        arch=find_model(case.model),
+        quant=case.quant,
+        engine=Engine.VLLM,
+        context_tokens=case.max_model_len,
+        concurrency=1,
     )
     sized = estimate(inp, get_gpu(case.gpu), case.gpu_count, profile=profile)
     vram = sized.vram
@@ -102,14 +171,17 @@ def main() -> None:
             errors.append(abs(err))
             label = case.label if i == 0 else ""
             source = case.source if i == 0 else ""
-            print(f"{label:<40}{source:<14}{what:<18}{logged:>10,.2f}{predicted:>11,.2f}"
-                  f"{err:>+8.1%}")
+            print(
+                f"{label:<40}{source:<14}{what:<18}{logged:>10,.2f}{predicted:>11,.2f}{err:>+8.1%}"
+            )
     within = sum(e <= 0.10 for e in errors)
     print(f"\n{within}/{len(errors)} quantities within ±10 %; worst |error| {max(errors):.1%}")
-    print("Known misses: vllm#13061 logs 8.69 GiB of KV (we predict +2.7 %) but 81,536 tokens,\n"
-          "which is 114 KB/token against the 96 KB/token Qwen2.5-14B needs per GPU at TP2; and\n"
-          "after PR#2031 vLLM reserved ~13 GiB more per GPU at TP4 than its profiled peak\n"
-          "(our prediction matches the pre-fix profile). Both are TP > 1 cases.")
+    print(
+        "Known misses: vllm#13061 logs 8.69 GiB of KV (we predict +2.7 %) but 81,536 tokens,\n"
+        "which is 114 KB/token against the 96 KB/token Qwen2.5-14B needs per GPU at TP2; and\n"
+        "after PR#2031 vLLM reserved ~13 GiB more per GPU at TP4 than its profiled peak\n"
+        "(our prediction matches the pre-fix profile). Both are TP > 1 cases."
+    )
 
 
 if __name__ == "__main__":

@@ -54,14 +54,33 @@ def cli() -> None:
 @click.option("--limit", type=COUNT, default=30, show_default=True)
 @_catalog_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def offers(gpus, min_vram, max_price, providers, spot, regions, gpu_count, sort, limit,
-           catalog_dir, as_json) -> None:
+def offers(
+    gpus,
+    min_vram,
+    max_price,
+    providers,
+    spot,
+    regions,
+    gpu_count,
+    sort,
+    limit,
+    catalog_dir,
+    as_json,
+) -> None:
     """List GPU offers from every provider at once, cheapest first."""
     from . import commands
 
     commands.offers_command(
-        gpus=gpus, min_vram=min_vram, max_price=max_price, providers=providers, spot=spot,
-        regions=regions, gpu_count=gpu_count, sort=sort, limit=limit, catalog_dir=catalog_dir,
+        gpus=gpus,
+        min_vram=min_vram,
+        max_price=max_price,
+        providers=providers,
+        spot=spot,
+        regions=regions,
+        gpu_count=gpu_count,
+        sort=sort,
+        limit=limit,
+        catalog_dir=catalog_dir,
         as_json=as_json,
     )
 
@@ -79,30 +98,66 @@ def offers(gpus, min_vram, max_price, providers, spot, regions, gpu_count, sort,
 @click.option("--spot/--on-demand", "spot", default=None, help="Only spot or only on-demand.")
 @click.option("--region", "regions", multiple=True, help="Region (substring).")
 @_catalog_option
-@click.option("--sort", type=click.Choice(["price", "cost"]), default="price",
-              help="price: $/h; cost: $/1M output tokens.")
+@click.option(
+    "--sort",
+    type=click.Choice(["price", "cost"]),
+    default="price",
+    help="price: $/h; cost: $/1M output tokens.",
+)
 @click.option("--top", type=COUNT, default=8, show_default=True, help="Candidates to show.")
 @click.option("--requests-per-month", type=COUNT, default=3000, show_default=True)
-@click.option("--gpu-seconds", type=POSITIVE, default=8.5, show_default=True,
-              help="GPU-seconds per request, for the per-second bill.")
+@click.option(
+    "--gpu-seconds",
+    type=POSITIVE,
+    default=8.5,
+    show_default=True,
+    help="GPU-seconds per request, for the per-second bill.",
+)
 @click.option("--explain", is_flag=True, help="Show every rejected offer and why.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plan(task, quant, engine, context, concurrency, min_tps, max_ttft, max_price, providers,
-         spot, regions, catalog_dir, sort, top, requests_per_month, gpu_seconds, explain,
-         as_json) -> None:
+def plan(
+    task,
+    quant,
+    engine,
+    context,
+    concurrency,
+    min_tps,
+    max_ttft,
+    max_price,
+    providers,
+    spot,
+    regions,
+    catalog_dir,
+    sort,
+    top,
+    requests_per_month,
+    gpu_seconds,
+    explain,
+    as_json,
+) -> None:
     """Size TASK (a built-in name or a YAML path) and pick the cheapest offer that serves it."""
     from . import commands
 
     commands.plan_command(
         task=task,
         overrides={
-            "quant": quant, "engine": engine, "context_tokens": context,
-            "concurrency": concurrency, "latency.min_decode_tok_s": min_tps,
-            "latency.max_ttft_s": max_ttft, "max_price_per_hour_usd": max_price, "spot": spot,
+            "quant": quant,
+            "engine": engine,
+            "context_tokens": context,
+            "concurrency": concurrency,
+            "latency.min_decode_tok_s": min_tps,
+            "latency.max_ttft_s": max_ttft,
+            "max_price_per_hour_usd": max_price,
+            "spot": spot,
             "regions": list(regions) or None,
         },
-        providers=providers, catalog_dir=catalog_dir, sort=sort, top=top,
-        requests_per_month=requests_per_month, gpu_seconds=gpu_seconds, explain=explain,
+        providers=providers,
+        catalog_dir=catalog_dir,
+        sort=sort,
+        top=top,
+        requests_per_month=requests_per_month,
+        gpu_seconds=gpu_seconds,
+        explain=explain,
         as_json=as_json,
     )
 
@@ -122,8 +177,15 @@ def estimate(model, gpu, gpu_count, quant, engine, context, concurrency, price, 
     from . import commands
 
     commands.estimate_command(
-        model=model, gpu=gpu, gpu_count=gpu_count, quant=quant, engine=engine,
-        context=context, concurrency=concurrency, price=price, as_json=as_json,
+        model=model,
+        gpu=gpu,
+        gpu_count=gpu_count,
+        quant=quant,
+        engine=engine,
+        context=context,
+        concurrency=concurrency,
+        price=price,
+        as_json=as_json,
     )
 
 

@@ -37,8 +37,18 @@ __all__ = [
 
 
 def offers_command(
-    *, gpus, min_vram, max_price, providers, spot, regions, gpu_count, sort, limit,
-    catalog_dir, as_json,
+    *,
+    gpus,
+    min_vram,
+    max_price,
+    providers,
+    spot,
+    regions,
+    gpu_count,
+    sort,
+    limit,
+    catalog_dir,
+    as_json,
 ) -> None:
     settings = load_settings()
     names = parse_provider_names(providers, settings.providers)
@@ -74,8 +84,13 @@ def offers_command(
                 "offers": [offer_json(o) for o in offers],
                 "total_matching": len(search.offers),
                 "providers": [
-                    {"name": r.name, "status": r.status, "message": r.message,
-                     "offers": len(r.offers), "elapsed_s": round(r.elapsed_s, 3)}
+                    {
+                        "name": r.name,
+                        "status": r.status,
+                        "message": r.message,
+                        "offers": len(r.offers),
+                        "elapsed_s": round(r.elapsed_s, 3),
+                    }
                     for r in search.results
                 ],
                 "warnings": search.warnings,
@@ -87,8 +102,17 @@ def offers_command(
 
 
 def plan_command(
-    *, task, overrides, providers, catalog_dir, sort, top, requests_per_month, gpu_seconds,
-    explain, as_json,
+    *,
+    task,
+    overrides,
+    providers,
+    catalog_dir,
+    sort,
+    top,
+    requests_per_month,
+    gpu_seconds,
+    explain,
+    as_json,
 ) -> None:
     settings = load_settings()
     spec = load_task(task, overrides)
@@ -127,7 +151,10 @@ def plan_command(
 
 def _estimate_task(model: str, quant: str | None, engine: str | None, context, concurrency):
     overrides: dict[str, Any] = {
-        "quant": quant, "engine": engine, "context_tokens": context, "concurrency": concurrency,
+        "quant": quant,
+        "engine": engine,
+        "context_tokens": context,
+        "concurrency": concurrency,
     }
     try:
         return load_task(model, overrides)
@@ -135,8 +162,14 @@ def _estimate_task(model: str, quant: str | None, engine: str | None, context, c
         if exc.field != "task":
             raise
     chosen_quant = Quant(quant) if quant else Quant.BF16
-    chosen_engine = Engine(engine) if engine else (
-        Engine.LLAMACPP if chosen_quant.is_gguf and chosen_quant is not Quant.F16 else Engine.VLLM
+    chosen_engine = (
+        Engine(engine)
+        if engine
+        else (
+            Engine.LLAMACPP
+            if chosen_quant.is_gguf and chosen_quant is not Quant.F16
+            else Engine.VLLM
+        )
     )
     arch = find_model(model)
     data = {
@@ -173,10 +206,16 @@ def estimate_command(
     )
     bills = bills_for(price) if price is not None else None
     if as_json:
-        doc = {"schema_version": 1, "model": model, "architecture": inp.arch.name,
-               "quant": spec.quant.value, "engine": spec.engine.value,
-               "context_tokens": spec.context_tokens, "concurrency": spec.concurrency,
-               "sizing": sizing_json(sized)}
+        doc = {
+            "schema_version": 1,
+            "model": model,
+            "architecture": inp.arch.name,
+            "quant": spec.quant.value,
+            "engine": spec.engine.value,
+            "context_tokens": spec.context_tokens,
+            "concurrency": spec.concurrency,
+            "sizing": sizing_json(sized),
+        }
         if cost:
             doc["cost"] = {
                 "price_per_hour_usd": price,

@@ -76,9 +76,7 @@ class Engine(str, Enum):
 
 
 ENGINE_QUANTS: dict[Engine, frozenset[Quant]] = {
-    Engine.VLLM: frozenset(
-        {Quant.FP16, Quant.BF16, Quant.FP8, Quant.INT8, Quant.AWQ, Quant.GPTQ}
-    ),
+    Engine.VLLM: frozenset({Quant.FP16, Quant.BF16, Quant.FP8, Quant.INT8, Quant.AWQ, Quant.GPTQ}),
     Engine.TGI: frozenset({Quant.FP16, Quant.BF16, Quant.FP8, Quant.AWQ, Quant.GPTQ}),
     Engine.LLAMACPP: frozenset({Quant.Q4_0, Quant.Q4_1, Quant.Q4_K_M, Quant.Q8_0, Quant.F16}),
 }
@@ -139,16 +137,16 @@ class TaskSpec(StrictModel):
     image: str | None = None
     env: dict[str, str] = {}
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, defer_build=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     @field_validator("env")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         for key in env:
-            if not key or not (key[0].isalpha() or key[0] == "_") or not all(
-                c.isalnum() or c == "_" for c in key
+            if (
+                not key
+                or not (key[0].isalpha() or key[0] == "_")
+                or not all(c.isalnum() or c == "_" for c in key)
             ):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
         return env

@@ -81,9 +81,7 @@ class Plan:
         return counts
 
     def nearest_misses(self, n: int = 3) -> list[Candidate]:
-        misses = sorted(
-            self.rejected, key=lambda c: (c.miss_score, c.offer.price_per_hour_usd)
-        )
+        misses = sorted(self.rejected, key=lambda c: (c.miss_score, c.offer.price_per_hour_usd))
         seen: set[tuple[str, int]] = set()
         out = []
         for candidate in misses:
@@ -167,6 +165,11 @@ def make_plan(task: TaskSpec, offers: list[Offer], *, sort: str = "price") -> Pl
         if sized is None:
             sized = cache[key] = _size_config(task, inp, offer)
         sizing, reasons, categories = sized
+        if offer.raw.get("accelerator_only"):
+            # GCP's catalog prices the GPU apart from its host VM: the real bill is higher
+            # by an unknown amount, so such an offer is never chosen.
+            reasons = [*reasons, "the catalog prices this GPU without its host VM"]
+            categories = [*categories, "price incomplete"]
         if cap is not None and offer.price_per_hour_usd > cap:
             reasons = [*reasons, f"${offer.price_per_hour_usd:.3f}/h is above the ${cap:g}/h cap"]
             categories = [*categories, "price"]
@@ -178,8 +181,14 @@ def make_plan(task: TaskSpec, offers: list[Offer], *, sort: str = "price") -> Pl
         if sort == "cost":
             speed = c.sizing.speed if c.sizing else None
             primary = primary / speed.aggregate_tok_s if speed else float("inf")
-        return (bool(c.reasons), primary, offer.price_per_hour_usd, -(offer.reliability or 0.0),
-                offer.provider, offer.offer_id)
+        return (
+            bool(c.reasons),
+            primary,
+            offer.price_per_hour_usd,
+            -(offer.reliability or 0.0),
+            offer.provider,
+            offer.offer_id,
+        )
 
     candidates.sort(key=order)
     return Plan(task, arch, candidates)

@@ -126,9 +126,7 @@ def _suggestions(plan: Plan) -> list[str]:
     return tips
 
 
-def show_plan(
-    out: Console, plan: Plan, bills: Bills | None, *, top: int, explain: bool
-) -> None:
+def show_plan(out: Console, plan: Plan, bills: Bills | None, *, top: int, explain: bool) -> None:
     task, arch = plan.task, plan.arch
     adapter = f" + LoRA {task.adapter.repo} (r={task.adapter.rank})" if task.adapter else ""
     out.print(
@@ -241,9 +239,7 @@ def show_models(out: Console, models: list[ModelArch], tasks: dict[str, str]) ->
 
 
 def show_gpus(out: Console, gpus: list[GpuSpec]) -> None:
-    t = table(
-        "GPU", "arch", "sm", "VRAM GiB", "GB/s", "FP16 TFLOPS", "fp32acc TFLOPS", "kernels"
-    )
+    t = table("GPU", "arch", "sm", "VRAM GiB", "GB/s", "FP16 TFLOPS", "fp32acc TFLOPS", "kernels")
     for g in gpus:
         kernels = [k for k in ("bf16", "awq", "marlin", "fp8_w8a8", "int8_w8a8") if getattr(g, k)]
         est = "*" if g.estimated_fields else ""

@@ -37,8 +37,9 @@ def test_gpus_json_has_at_least_30(capsys):
 def test_models_lists_tasks(capsys):
     code, doc = run_json(capsys, "models")
     assert code == 0
-    assert "qwen-14b" in doc["tasks"] and any(m["name"] == "Mixtral-8x7B-Instruct-v0.1"
-                                              for m in doc["models"])
+    assert "qwen-14b" in doc["tasks"] and any(
+        m["name"] == "Mixtral-8x7B-Instruct-v0.1" for m in doc["models"]
+    )
 
 
 def test_plan_on_catalog_picks_cheapest_feasible(capsys, catalog_dir):
@@ -53,32 +54,37 @@ def test_plan_on_catalog_picks_cheapest_feasible(capsys, catalog_dir):
     assert vram["needed_gib"] <= vram["usable_gib"]
     assert chosen["cost"]["usd_per_1m_output_tokens"] > 0
     assert doc["bills"]["always_on_month_usd"] == pytest.approx(
-        chosen["offer"]["price_per_hour_usd"] * 730, rel=1e-3)
+        chosen["offer"]["price_per_hour_usd"] * 730, rel=1e-3
+    )
     assert sum(doc["rejected_counts"].values()) > 0
     assert doc["offers_considered"] > 1000
 
 
 def test_plan_explain_lists_every_rejection(capsys, catalog_dir):
-    code, doc = run_json(capsys, "plan", "llama-3.1-70b", "--catalog", str(catalog_dir),
-                         "--explain")
+    code, doc = run_json(
+        capsys, "plan", "llama-3.1-70b", "--catalog", str(catalog_dir), "--explain"
+    )
     assert code == 0
     assert doc["rejected"] and all(r["reasons"] for r in doc["rejected"])
 
 
 def test_plan_nothing_fits_exits_4_with_nearest_misses(capsys, catalog_dir):
-    code, out, err = run(capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir),
-                         "--max-price", "0.01")
+    code, out, err = run(
+        capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir), "--max-price", "0.01"
+    )
     assert code == 4
     assert "Nearest misses" in out and "raise --max-price" in out
     assert "error: no offer fits qwen-14b" in err
-    code, doc = run_json(capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir),
-                         "--max-price", "0.01")
+    code, doc = run_json(
+        capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir), "--max-price", "0.01"
+    )
     assert code == 4 and doc["chosen"] is None and doc["nearest_misses"]
 
 
 def test_plan_min_tps_rejects_slow_gpus(capsys, catalog_dir):
-    code, fast = run_json(capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir),
-                          "--min-tps", "60")
+    code, fast = run_json(
+        capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir), "--min-tps", "60"
+    )
     assert code == 0
     assert fast["chosen"]["sizing"]["speed"]["decode_tok_s_per_request"] >= 60
     assert fast["rejected_counts"].get("latency: decode", 0) > 0
@@ -90,8 +96,9 @@ def test_plan_spot_flag(capsys, catalog_dir):
 
 
 def test_plan_provider_filter(capsys, catalog_dir):
-    code, doc = run_json(capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir),
-                         "--provider", "runpod")
+    code, doc = run_json(
+        capsys, "plan", "qwen-14b", "--catalog", str(catalog_dir), "--provider", "runpod"
+    )
     assert code == 0 and {c["offer"]["provider"] for c in doc["candidates"]} == {"runpod"}
 
 
@@ -103,8 +110,18 @@ def test_plan_user_yaml(capsys, catalog_dir, tmp_path):
 
 
 def test_offers_filters(capsys, catalog_dir):
-    code, doc = run_json(capsys, "offers", "--catalog", str(catalog_dir), "--gpu", "RTX 4090",
-                         "--max-price", "1.0", "--limit", "50")
+    code, doc = run_json(
+        capsys,
+        "offers",
+        "--catalog",
+        str(catalog_dir),
+        "--gpu",
+        "RTX 4090",
+        "--max-price",
+        "1.0",
+        "--limit",
+        "50",
+    )
     assert code == 0 and doc["offers"]
     assert {o["gpu"] for o in doc["offers"]} == {"RTX4090"}
     assert all(o["price_per_hour_usd"] <= 1.0 for o in doc["offers"])
@@ -119,16 +136,18 @@ def test_offers_without_credentials_skip_with_hint(capsys):
 
 
 def test_estimate_model_on_gpu(capsys):
-    code, doc = run_json(capsys, "estimate", "qwen-14b", "--gpu", "NVIDIA GeForce RTX 4090",
-                         "--price", "0.4")
+    code, doc = run_json(
+        capsys, "estimate", "qwen-14b", "--gpu", "NVIDIA GeForce RTX 4090", "--price", "0.4"
+    )
     assert code == 0
     assert doc["sizing"]["gpu"] == "RTX4090" and doc["quant"] == "awq"
     assert doc["sizing"]["feasible"] and doc["cost"]["usd_per_1m_output_tokens"] > 0
 
 
 def test_estimate_text_output(capsys):
-    code, out, _ = run(capsys, "estimate", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "T4",
-                       "--quant", "bf16")
+    code, out, _ = run(
+        capsys, "estimate", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "T4", "--quant", "bf16"
+    )
     assert code == 0 and "bf16 needs sm80" in out
 
 

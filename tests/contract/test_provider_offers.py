@@ -12,10 +12,16 @@ payloads; base URLs and keys come from the environment exactly as in production
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +46,7 @@ from tests.fakes import (
     serve_vast,
 )
 
+CATALOG_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "catalog"
 FAST_POLICY = RetryPolicy(attempts=3, deadline_s=5.0, base_s=0.001, cap_s=0.005)
 ON_DEMAND_ONLY = OfferQuery(spot=False)  # one vendor request per listing, for call counts
 
@@ -56,6 +63,8 @@ class ContractCase:
     has_spot: bool = True
     has_on_demand: bool = True
     needs_credentials: bool = True  # False for `local`: the credential tests then skip
+    source: str = "live"  # "catalog" for adapters priced from a dated catalog (skypilot)
+    free: bool = False  # offers may cost 0 (local)
 
 
 @contextmanager
@@ -86,11 +95,69 @@ def _case_runpod(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractCase]:
         yield ContractCase("runpod", make, ("RUNPOD_API_KEY",), DEFAULT_RUNPOD_KEY, fake=api)
 
 
+@contextmanager
+def _case_skypilot(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractCase]:
+    """The fixture catalog laid out as SkyPilot's cache under SKY_RUNTIME_DIR; unsetting
+    that variable leaves only the test's empty HOME: the "no credentials" state."""
+    import providers.skypilot as skypilot
+
+    with tempfile.TemporaryDirectory() as runtime:
+        _sky_cache(Path(runtime) / ".sky" / "catalogs" / "v8")
+        monkeypatch.setenv("SKY_RUNTIME_DIR", runtime)
+        # Whether the optional SDK is installed is the environment's business; the
+        # "SkyPilot specifics" tests below cover its absence.
+        monkeypatch.setattr(skypilot, "sdk_installed", lambda: True)
+
+        def make(**_: Any) -> skypilot.SkyPilotProvider:
+            return skypilot.SkyPilotProvider()
+
+        yield ContractCase("skypilot", make, ("SKY_RUNTIME_DIR",), "(no API key)", source="catalog")
+
+
+@contextmanager
+def _case_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractCase]:
+    """This machine, made deterministic by a fake `nvidia-smi` on PATH (4x H100)."""
+    from providers.local import LocalProvider
+
+    with tempfile.TemporaryDirectory() as bin_dir:
+        _fake_nvidia_smi(Path(bin_dir), "NVIDIA H100 80GB HBM3, 81559\n" * 4)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+        def make(**_: Any) -> LocalProvider:
+            return LocalProvider()
+
+        yield ContractCase(
+            "local", make, (), "(no API key)", has_spot=False, needs_credentials=False,
+            free=True,
+        )  # fmt: skip
+
+
+def _sky_cache(versioned_dir: Path) -> Path:
+    """Copy the fixture catalog into SkyPilot's cache layout: <cloud>/vms.csv."""
+    for csv_path in CATALOG_DIR.glob("*.csv"):
+        cloud = "common" if csv_path.stem == "accelerators" else csv_path.stem
+        name = "accelerators.csv" if cloud == "common" else "vms.csv"
+        (versioned_dir / cloud).mkdir(parents=True, exist_ok=True)
+        shutil.copy(csv_path, versioned_dir / cloud / name)
+    return versioned_dir
+
+
+def _fake_nvidia_smi(bin_dir: Path, output: str, exit_code: int = 0) -> None:
+    script = bin_dir / "nvidia-smi"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.stdout.write({output!r})\nsys.exit({exit_code})\n",
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+
+
 CASE_BUILDERS: dict[str, Callable[[pytest.MonkeyPatch], Any]] = {
     "vast": _case_vast,
     "runpod": _case_runpod,
+    "skypilot": _case_skypilot,
+    "local": _case_local,
 }
-PROVIDER_PARAMS = [pytest.param(name, id=name) for name in ("vast", "runpod")]
+PROVIDER_PARAMS = [pytest.param(name, id=name) for name in ("vast", "runpod", "skypilot", "local")]
 
 
 @pytest.fixture(params=PROVIDER_PARAMS)
@@ -162,10 +229,10 @@ def test_offers_are_normalised(provider_under_test):
         assert isinstance(offer, Offer)
         assert offer.provider == case.name
         assert offer.gpu in known, f"{offer.gpu!r} is not in the hardware table"
-        assert offer.price_per_hour_usd > 0
+        assert offer.price_per_hour_usd > 0 or (case.free and offer.price_per_hour_usd == 0)
         assert offer.vram_gib > 0
         assert offer.gpu_count >= 1
-        assert offer.source == "live"
+        assert offer.source == case.source
         assert offer.raw
     keys = [o.key for o in offers]
     assert len(keys) == len(set(keys)), "offer keys must be unique"
@@ -539,3 +606,148 @@ def test_fault_switches_are_consumed_in_order():
         with pytest.raises(httpx.TransportError):
             httpx.post(f"{url}/api/v0/bundles/", json={}, headers=headers)
         assert len(api.calls) == 4
+
+
+# -- SkyPilot specifics -------------------------------------------------------------------------
+
+
+def test_skypilot_cache_dir_follows_home_and_sky_runtime_dir(monkeypatch, tmp_path):
+    from providers.skypilot import _installed_schema_version, sky_catalog_dir
+
+    monkeypatch.delenv("SKY_RUNTIME_DIR", raising=False)
+    home = Path(os.environ["HOME"])
+    version = _installed_schema_version() or "v8"
+    assert sky_catalog_dir() == home / ".sky" / "catalogs" / version
+    monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path))
+    assert sky_catalog_dir() == tmp_path / ".sky" / "catalogs" / version
+
+
+def test_skypilot_schema_version_is_read_from_the_installed_sdk_without_importing_it():
+    import importlib.util
+
+    from providers.skypilot import _installed_schema_version
+
+    if importlib.util.find_spec("sky") is None:
+        assert _installed_schema_version() is None
+        return
+    constants = Path(importlib.util.find_spec("sky").origin).parent / "skylet" / "constants.py"
+    assert f"CATALOG_SCHEMA_VERSION = '{_installed_schema_version()}'" in constants.read_text()
+
+
+def test_skypilot_falls_back_to_the_newest_catalog_version_present(monkeypatch):
+    import providers.skypilot as skypilot
+
+    monkeypatch.delenv("SKY_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(skypilot, "_installed_schema_version", lambda: "v99")
+    base = Path(os.environ["HOME"]) / ".sky" / "catalogs"
+    (base / "v6" / "aws").mkdir(parents=True)
+    (base / "v7" / "aws").mkdir(parents=True)
+    assert skypilot.sky_catalog_dir() == base / "v7"
+
+
+def test_skypilot_leaves_vast_and_runpod_to_their_own_adapters(monkeypatch):
+    from providers.skypilot import SkyPilotProvider
+
+    clouds = {o.cloud for o in SkyPilotProvider(catalog_dir=CATALOG_DIR).list_offers(OfferQuery())}
+    assert "vast" not in clouds and "runpod" not in clouds
+    assert {"aws", "gcp", "azure", "lambda"} <= clouds
+    asked = SkyPilotProvider(catalog_dir=CATALOG_DIR, clouds=["vast", "Lambda"])
+    offers = asked.list_offers(OfferQuery())
+    assert {(o.provider, o.cloud) for o in offers} == {("skypilot", "vast"), ("skypilot", "lambda")}
+
+
+def test_skypilot_catalog_dir_argument_beats_the_cache(monkeypatch, tmp_path):
+    from providers.skypilot import SkyPilotProvider
+
+    monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path / "empty"))
+    shutil.copy(CATALOG_DIR / "lambda.csv", tmp_path / "lambda.csv")
+    offers = SkyPilotProvider(catalog_dir=tmp_path).list_offers(OfferQuery())
+    assert offers and {o.cloud for o in offers} == {"lambda"}
+    assert all(o.source == "catalog" for o in offers)
+
+
+def test_skypilot_credentials_hints(monkeypatch, tmp_path):
+    import providers.skypilot as skypilot
+
+    monkeypatch.setattr(skypilot, "sdk_installed", lambda: False)
+    status = skypilot.SkyPilotProvider(catalog_dir=CATALOG_DIR).check_credentials()
+    assert status.ok is False
+    assert status.hint == "pip install 'deployctl[skypilot]' and run `sky check`"
+    monkeypatch.setattr(skypilot, "sdk_installed", lambda: True)
+    status = skypilot.SkyPilotProvider(catalog_dir=tmp_path / "nothing").check_credentials()
+    assert status.ok is False
+    assert status.hint == "run `sky check` (or pass --catalog DIR)"
+    assert skypilot.SkyPilotProvider(catalog_dir=CATALOG_DIR).check_credentials().ok is True
+
+
+def test_skypilot_listing_never_imports_the_sdk(tmp_path):
+    code = (
+        "import sys\n"
+        "from providers.skypilot import SkyPilotProvider\n"
+        "from orchestrator.models import OfferQuery\n"
+        f"p = SkyPilotProvider(catalog_dir={str(CATALOG_DIR)!r})\n"
+        "p.check_credentials()\n"
+        "assert p.list_offers(OfferQuery())\n"
+        "assert 'sky' not in sys.modules, 'sky was imported'\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_skypilot_sdk_helper_says_how_to_install(monkeypatch):
+    from providers.skypilot import _sky
+
+    monkeypatch.setitem(sys.modules, "sky", None)  # makes `import sky` fail
+    with pytest.raises(CredentialsError) as info:
+        _sky()
+    assert "deployctl[skypilot]" in (info.value.hint or "")
+
+
+# -- Local specifics ----------------------------------------------------------------------------
+
+
+def test_local_without_nvidia_smi_offers_the_cpu_with_system_ram(monkeypatch, tmp_path):
+    from providers.local import LocalProvider, system_memory_gib
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere
+    (offer,) = LocalProvider().list_offers(OfferQuery())
+    assert (offer.provider, offer.offer_id, offer.gpu, offer.region) == (
+        "local", "local-cpu", "CPU", "local",
+    )  # fmt: skip
+    assert offer.gpu_count == 1 and offer.price_per_hour_usd == 0 and not offer.spot
+    assert offer.vram_gib == pytest.approx(system_memory_gib(), abs=0.01)
+    assert offer.vram_gib > 0
+
+
+def test_local_failing_nvidia_smi_falls_back_to_the_cpu(monkeypatch, tmp_path):
+    from providers.local import LocalProvider
+
+    _fake_nvidia_smi(tmp_path, "NVIDIA-SMI has failed because it couldn't communicate\n", 9)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert [o.gpu for o in LocalProvider().list_offers(OfferQuery())] == ["CPU"]
+
+
+def test_local_one_offer_per_distinct_gpu_and_unknown_names_reported(monkeypatch, tmp_path):
+    from providers.local import LocalProvider
+
+    _fake_nvidia_smi(
+        tmp_path,
+        "NVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 4090, 24564\n"
+        "NVIDIA A100-SXM4-80GB, 81920\nImaginary GPU 9000, 1024\nbroken line\n",
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))
+    provider = LocalProvider()
+    offers = {o.gpu: o for o in provider.list_offers(OfferQuery())}
+    assert set(offers) == {"RTX4090", "A100-SXM4-80GB"}
+    assert offers["RTX4090"].gpu_count == 2
+    assert offers["RTX4090"].vram_gib == pytest.approx(24564 / 1024, abs=0.01)
+    assert offers["A100-SXM4-80GB"].gpu_count == 1
+    assert provider.unknown_gpu_names == {"Imaginary GPU 9000"}
+
+
+def test_local_parses_nvidia_smi_csv():
+    from providers.local import parse_nvidia_smi
+
+    text = "NVIDIA H100 80GB HBM3, 81559\nTesla T4, [N/A]\n\nNVIDIA L4, 23034\n"
+    assert parse_nvidia_smi(text) == [("NVIDIA H100 80GB HBM3", 81559.0), ("NVIDIA L4", 23034.0)]

@@ -13,14 +13,28 @@ from orchestrator.offers import gather_offers, matches
 
 
 def offer(provider: str, price: float, **extra) -> Offer:
-    return Offer(provider=provider, offer_id=f"{provider}-{price}", gpu="RTX4090", gpu_count=1,
-                 vram_gib=24, price_per_hour_usd=price, quoted_at=datetime.now(timezone.utc),
-                 **extra)
+    return Offer(
+        provider=provider,
+        offer_id=f"{provider}-{price}",
+        gpu="RTX4090",
+        gpu_count=1,
+        vram_gib=24,
+        price_per_hour_usd=price,
+        quoted_at=datetime.now(timezone.utc),
+        **extra,
+    )
 
 
 class SleepyProvider:
-    def __init__(self, name: str, delay_s: float, offers: list[Offer], *, creds: bool = True,
-                 error: Exception | None = None):
+    def __init__(
+        self,
+        name: str,
+        delay_s: float,
+        offers: list[Offer],
+        *,
+        creds: bool = True,
+        error: Exception | None = None,
+    ):
         self.name = name
         self.delay_s = delay_s
         self.offers = offers

@@ -143,8 +143,15 @@ def test_infeasible_kernels_have_reasons(quant, gpu, engine, fragment):
 
 @pytest.mark.parametrize(
     ("quant", "gpu"),
-    [(Quant.AWQ, "T4"), (Quant.FP8, "L4"), (Quant.FP8, "RTX4090"), (Quant.FP8, "H100-SXM"),
-     (Quant.FP16, "T4"), (Quant.BF16, "A10G"), (Quant.GPTQ, "V100-SXM2-16GB")],
+    [
+        (Quant.AWQ, "T4"),
+        (Quant.FP8, "L4"),
+        (Quant.FP8, "RTX4090"),
+        (Quant.FP8, "H100-SXM"),
+        (Quant.FP16, "T4"),
+        (Quant.BF16, "A10G"),
+        (Quant.GPTQ, "V100-SXM2-16GB"),
+    ],
 )
 def test_supported_kernels_pass(quant, gpu):
     assert kernel_problem(quant, Engine.VLLM, get_gpu(gpu)) is None

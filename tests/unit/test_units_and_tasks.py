@@ -8,15 +8,31 @@ from orchestrator.taskfile import builtin_task_names, load_task
 from orchestrator.units import format_duration, parse_duration_s
 
 REQUIRED_TASKS = {
-    "smollm2-135m", "mistral-7b", "llama-3.1-8b", "qwen2.5-7b", "qwen-14b", "qwen2.5-32b",
-    "llama-3.1-70b", "mixtral-8x7b", "meta-llama-3-8b", "meta-llama-3-70b",
+    "smollm2-135m",
+    "mistral-7b",
+    "llama-3.1-8b",
+    "qwen2.5-7b",
+    "qwen-14b",
+    "qwen2.5-32b",
+    "llama-3.1-70b",
+    "mixtral-8x7b",
+    "meta-llama-3-8b",
+    "meta-llama-3-70b",
 }
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("10m", 600), ("3h", 10800), ("1d", 86400), ("1h30m", 5400), (600, 600),
-     ("600", 600), ("0.5h", 1800)],
+    [
+        ("90s", 90),
+        ("10m", 600),
+        ("3h", 10800),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        (600, 600),
+        ("600", 600),
+        ("0.5h", 1800),
+    ],
 )
 def test_parse_duration(text, seconds):
     assert parse_duration_s(text) == seconds
