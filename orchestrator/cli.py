@@ -209,6 +209,9 @@ def gpus(as_json) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes (DESIGN §7), no tracebacks."""
+    # pydantic scans every installed package's entry points for plugins on first use
+    # (~25 ms of a command that must start fast); deployctl uses none.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         result = cli.main(args=argv, prog_name="deployctl", standalone_mode=False)
         return result if isinstance(result, int) else 0

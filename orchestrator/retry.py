@@ -8,17 +8,12 @@ are never retried here, and a whole launch is never retried (it costs money).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
-
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import RetryableProviderError
+
+if TYPE_CHECKING:
+    from tenacity import Retrying
 
 __all__ = ["RetryPolicy", "call_with_retries"]
 
@@ -37,6 +32,14 @@ class RetryPolicy:
         self.cap_s = cap_s
 
     def retrying(self) -> Retrying:
+        from tenacity import (  # imported on first use: the CLI must start fast
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            stop_after_delay,
+            wait_random_exponential,
+        )
+
         return Retrying(
             retry=retry_if_exception_type(RetryableProviderError),
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline_s),

@@ -32,7 +32,7 @@ def parse_provider_names(names: tuple[str, ...] | list[str] | None, default: tup
 
 def _from_catalog(catalog_dir: str, names: tuple[str, ...], query: OfferQuery) -> OfferSearch:
     started = time.monotonic()
-    result = read_catalog_dir(catalog_dir)
+    result = read_catalog_dir(catalog_dir, spot=query.spot)
     per_provider: dict[str, ProviderResult] = {
         n: ProviderResult(n, message=f"catalog prices of {result.quoted_at:%Y-%m-%d}")
         for n in names

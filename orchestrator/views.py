@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from .architectures import ModelArch
 from .hardware import GpuSpec
@@ -12,6 +12,9 @@ from .planner import Candidate, Plan
 from .render import money, offer_label, price_source, table
 from .sizing import Bills, CostEstimate, Sizing, VramBreakdown
 from .units import format_duration
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "show_estimate",
