@@ -291,3 +291,53 @@ def test_reading_the_snapshot_is_fast():
     # ~0.07 s on a laptop-class core (~200k rows/s); the bound only catches a regression
     # to per-row literal_eval or validated construction.
     assert elapsed < 1.0, f"{rows} rows in {elapsed:.2f} s"
+
+
+# ------------------------------------------------------------------ parse cache
+
+
+def _offer_keys(result):
+    return sorted((o.key, o.price_per_hour_usd, o.gpu, o.vram_gib) for o in result.offers)
+
+
+def test_parse_cache_gives_the_same_offers_and_is_invalidated_by_edits(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    src = CATALOG_DIR / "lambda.csv"
+    work = tmp_path / "cat"
+    work.mkdir()
+    (work / "lambda.csv").write_bytes(src.read_bytes())
+    first = read_catalog_dir(work)
+    cached_files = list((tmp_path / "cache" / "deployctl" / "catalog").glob("*.marshal"))
+    assert len(cached_files) == 1 and cached_files[0].stat().st_mode & 0o077 == 0
+    second = read_catalog_dir(work)
+    assert _offer_keys(first) == _offer_keys(second) and first.offers
+    # Edit a price: the cache key changes with size/mtime, so the new price is read.
+    text = (work / "lambda.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    row = next(i for i, line in enumerate(lines) if ",A10," in line or ",H100," in line)
+    fields = lines[row].split(",")
+    header = lines[0].strip().split(",")
+    fields[header.index("Price")] = "123.45"
+    lines[row] = ",".join(fields)
+    (work / "lambda.csv").write_text("".join(lines))
+    third = read_catalog_dir(work)
+    assert any(o.price_per_hour_usd == 123.45 for o in third.offers)
+
+
+def test_corrupt_cache_file_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    work = tmp_path / "cat"
+    work.mkdir()
+    (work / "vast.csv").write_bytes((CATALOG_DIR / "vast.csv").read_bytes())
+    expected = _offer_keys(read_catalog_dir(work))
+    for cached in (tmp_path / "cache" / "deployctl" / "catalog").glob("*.marshal"):
+        cached.write_bytes(b"\x00garbage")
+    assert _offer_keys(read_catalog_dir(work)) == expected
+
+
+def test_spot_filter_is_pushed_into_the_read():
+    both = read_catalog_dir(CATALOG_DIR, clouds={"aws"})
+    on_demand = read_catalog_dir(CATALOG_DIR, clouds={"aws"}, spot=False)
+    spot = read_catalog_dir(CATALOG_DIR, clouds={"aws"}, spot=True)
+    assert len(on_demand.offers) + len(spot.offers) == len(both.offers)
+    assert not any(o.spot for o in on_demand.offers) and all(o.spot for o in spot.offers)
