@@ -53,7 +53,13 @@ def table(*columns: str, title: str | None = None) -> Table:
         numeric = column.startswith(("$", "#")) or any(
             u in column for u in ("tok/s", "GiB", "TTFT", "TFLOPS", "GB/s")
         )
-        t.add_column(column, justify="right" if numeric else "left", no_wrap=True)
+        # Numbers never wrap; text columns fold on a narrow terminal instead of "…".
+        t.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=numeric,
+            overflow="fold",
+        )
     return t
 
 

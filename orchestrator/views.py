@@ -72,8 +72,7 @@ def _candidate_row(i: int, c: Candidate) -> list[str]:
         str(i),
         c.offer.provider,
         offer_label(c.offer),
-        c.offer.where,
-        "spot" if c.offer.spot else "",
+        c.offer.where + (" (spot)" if c.offer.spot else ""),
         money(c.offer.price_per_hour_usd, 3),
         f"{speed.decode_tok_s_per_request:.0f}" if speed else "-",
         f"{speed.aggregate_tok_s:.0f}" if speed else "-",
@@ -81,7 +80,6 @@ def _candidate_row(i: int, c: Candidate) -> list[str]:
         money(cost.usd_per_1m_output_tokens, 3) if cost else "-",
         money(cost.usd_per_1000_requests, 3) if cost else "-",
         f"{s.vram.needed_gib:.1f}/{s.vram.usable_gib:.1f}" if s else "-",
-        price_source(c.offer),
     ]
 
 
@@ -90,7 +88,6 @@ _CANDIDATE_COLUMNS = (
     "provider",
     "GPU",
     "where",
-    "spot",
     "$/h",
     "tok/s/req",
     "tok/s total",
@@ -98,8 +95,8 @@ _CANDIDATE_COLUMNS = (
     "$/1M tok",
     "$/1k req",
     "GiB need/usable",
-    "prices",
 )
+_COMPACT = (0, 1, 2, 3, 4, 5, 7, 8)
 
 
 def _suggestions(plan: Plan) -> list[str]:
@@ -148,9 +145,16 @@ def show_plan(out: Console, plan: Plan, bills: Bills | None, *, top: int, explai
     chosen = plan.chosen
     if chosen and chosen.sizing:
         out.print(f"VRAM on the chosen GPU: {vram_line(chosen.sizing.vram)}")
-    t = table(*_CANDIDATE_COLUMNS, title=f"Best of {len(plan.candidates)} offers")
+    sources = sorted({price_source(c.offer) for c in plan.feasible[:top]})
+    # A narrow terminal gets the columns that decide (where, $/h, speed, $/1M tokens).
+    keep = range(len(_CANDIDATE_COLUMNS)) if out.width >= 130 else _COMPACT
+    t = table(
+        *(_CANDIDATE_COLUMNS[i] for i in keep),
+        title=f"Best of {len(plan.candidates)} offers (prices: {', '.join(sources)})",
+    )
     for i, c in enumerate(plan.feasible[:top], 1):
-        t.add_row(*_candidate_row(i, c))
+        row = _candidate_row(i, c)
+        t.add_row(*(row[j] for j in keep))
     if plan.feasible:
         out.print(t)
     if chosen:
