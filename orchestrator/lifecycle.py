@@ -1,0 +1,232 @@
+"""`status`, `down`, `logs` and `reap`: look at deployments, end them, find what leaked.
+
+`status` refreshes every live deployment from its provider (a deployment whose instance
+vanished — preempted, or destroyed by its guard at keep-alive/ttl — is ended and its bill
+closed, and never counted as running again). `down` terminates, verifies the instance is
+gone and closes the bill. `reap` lists every provider's `deployctl-` instances and
+destroys the ones the journal does not hold as live, then verifies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from providers import PROVIDERS, get_provider
+
+from .errors import BadInputError, DeployctlError, ProviderError
+from .launcher import LABEL_PREFIX, destroy_and_verify
+from .models import Deployment, DeploymentStatus
+from .state import State, delete_key, load_key
+
+__all__ = [
+    "GuardStatus",
+    "ReapReport",
+    "close_deployment",
+    "down",
+    "guard_status",
+    "logs",
+    "reap",
+    "refresh",
+]
+
+LIVE = {DeploymentStatus.PLANNING, DeploymentStatus.LAUNCHING, DeploymentStatus.READY}
+UNKNOWN_ORPHAN_MIN_AGE_S = 600.0  # instances of deployments this journal never saw
+
+
+@dataclass
+class GuardStatus:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    idle_s: float | None = None
+    age_s: float | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def guard_status(dep: Deployment, timeout_s: float = 3.0) -> GuardStatus | None:
+    """The guard's counters (auth with the stored key), or None when it does not answer."""
+    key = load_key(dep.id)
+    if not key or not dep.endpoint_url:
+        return None
+    import httpx
+
+    try:
+        r = httpx.get(
+            f"{dep.endpoint_url.rstrip('/')}/deployctl/status",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout_s,
+        )
+        data = r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return GuardStatus(
+        requests=int(data.get("requests") or 0),
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+        idle_s=data.get("idle_s"),
+        age_s=data.get("age_s"),
+    )
+
+
+def close_deployment(
+    state: State, dep: Deployment, reason: str, counters: GuardStatus | None = None
+) -> None:
+    """End `dep` and close its bill (both idempotent); forget its key."""
+    ended = _now()
+    if state.mark_ended(dep.id, reason, ended):
+        billed_s = max((ended - dep.created_at).total_seconds(), 0.0)
+        cold = (dep.ready_at - dep.created_at).total_seconds() if dep.ready_at else None
+        c = counters or GuardStatus()
+        state.close_bill(
+            dep.id,
+            dep.price_per_hour_usd,
+            billed_s,
+            requests=c.requests,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            cold_start_s=cold,
+            idle_s=c.idle_s,
+            closed_at=ended,
+        )
+        state.add_event(dep.id, "ended", reason)
+    delete_key(dep.id)
+
+
+def refresh(state: State, dep: Deployment) -> tuple[Deployment, GuardStatus | None]:
+    """Ask the provider about a live deployment; end it if its instance is gone."""
+    if dep.status not in LIVE or not dep.provider or not dep.instance_id:
+        return dep, None
+    provider = get_provider(dep.provider)
+    try:
+        instance = provider.get(dep.instance_id)
+    except ProviderError:
+        return dep, None  # cannot tell now: say nothing rather than something wrong
+    if instance is None or instance.state.value in ("gone", "exited"):
+        if instance is not None:  # exited still bills storage: destroy it
+            with contextlib.suppress(DeployctlError):
+                destroy_and_verify(state, provider, dep.id, dep.instance_id)
+        close_deployment(state, dep, "instance gone (preempted, or ended by its guard)")
+        return state.get_deployment(dep.id) or dep, None
+    return dep, guard_status(dep)
+
+
+def down(state: State, dep: Deployment, *, reason: str = "down") -> Deployment:
+    """Terminate, verify gone, close the bill."""
+    counters = guard_status(dep) if dep.status in LIVE else None
+    if dep.provider and dep.instance_id and dep.status in LIVE:
+        destroy_and_verify(state, get_provider(dep.provider), dep.id, dep.instance_id)
+    close_deployment(state, dep, reason, counters)
+    return state.get_deployment(dep.id) or dep
+
+
+def logs(dep: Deployment, tail: int = 200) -> str:
+    """The last `tail` lines of the guard and engine log, from the guard itself."""
+    key = load_key(dep.id)
+    if dep.status not in LIVE or not key or not dep.endpoint_url:
+        raise DeployctlError(f"{dep.id} is {dep.status.value}: its logs ended with it")
+    import httpx
+
+    try:
+        r = httpx.get(
+            f"{dep.endpoint_url.rstrip('/')}/deployctl/logs",
+            params={"tail": tail},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10.0,
+        )
+    except httpx.HTTPError as exc:
+        raise DeployctlError(
+            f"the guard of {dep.id} did not answer ({type(exc).__name__})"
+        ) from None
+    if r.status_code != 200:
+        raise DeployctlError(f"the guard of {dep.id} answered HTTP {r.status_code}")
+    return r.text
+
+
+@dataclass
+class ReapReport:
+    orphans: list[tuple[str, str, str]]  # (provider, instance_id, why)
+    destroyed: list[tuple[str, str]]
+    failed: list[tuple[str, str, str]]
+    ended: list[str]  # deployments whose instance had vanished
+    skipped: list[str]  # providers without credentials
+
+
+def reap(state: State, *, dry_run: bool, provider_names: list[str] | None = None) -> ReapReport:
+    """Destroy every `deployctl-` instance the journal does not hold as live, and end
+    deployments whose instances have vanished."""
+    report = ReapReport([], [], [], [], [])
+    live = {(p, iid): dep_id for dep_id, p, iid in state.live_instances()}
+    for name in provider_names or list(PROVIDERS):
+        provider = get_provider(name)
+        if not provider.check_credentials().ok:
+            report.skipped.append(name)
+            continue
+        try:
+            instances = provider.list_instances(LABEL_PREFIX)
+        except ProviderError as exc:
+            report.failed.append((name, "*", f"cannot list: {exc}"))
+            continue
+        for instance in instances:
+            if (name, instance.instance_id) in live:
+                continue
+            dep_id = _deployment_id(instance)
+            known = dep_id and state.get_deployment(dep_id)
+            if not known and _age_s(instance) < UNKNOWN_ORPHAN_MIN_AGE_S:
+                continue  # maybe another machine's launch in progress: leave it for now
+            why = "journal holds it as ended or never saw it"
+            report.orphans.append((name, instance.instance_id, why))
+            if dry_run:
+                continue
+            try:
+                destroy_and_verify(state, provider, dep_id or "reap", instance.instance_id)
+                report.destroyed.append((name, instance.instance_id))
+            except DeployctlError as exc:
+                report.failed.append((name, instance.instance_id, str(exc)))
+    if not dry_run:
+        for dep in state.list_deployments(live_only=True):
+            if dep.provider in report.skipped:
+                continue
+            before = dep.status
+            dep, _ = refresh(state, dep)
+            if before in LIVE and dep.status not in LIVE:
+                report.ended.append(dep.id)
+        for dep in state.list_deployments(live_only=True):
+            if dep.instance_id is None and not _owner_alive(state, dep.id):
+                close_deployment(state, dep, "launcher died before renting")
+                report.ended.append(dep.id)
+    return report
+
+
+def _owner_alive(state: State, dep_id: str) -> bool:
+    entries = state.journal(dep_id)
+    return any(e.owner_alive() for e in entries) if entries else False
+
+
+def _deployment_id(instance) -> str | None:
+    name = instance.labels.get("deployctl") or ""
+    if name:
+        return name
+    iid = instance.instance_id
+    label = instance.raw.get("label") or instance.raw.get("name") or iid
+    return label[len(LABEL_PREFIX) :] if str(label).startswith(LABEL_PREFIX) else None
+
+
+def _age_s(instance) -> float:
+    if instance.started_at is None:
+        return float("inf")
+    return (_now() - instance.started_at).total_seconds()
+
+
+def resolve(state: State, ref: str) -> Deployment:
+    """A deployment by id, unique id prefix or task name; BadInputError otherwise."""
+    dep = state.get_deployment(ref)
+    if dep is None:
+        raise BadInputError("deployment", f"no deployment matches {ref!r}; see `deployctl status`")
+    return dep

@@ -1,0 +1,221 @@
+"""What `up`, `status`, `down`, `logs` and `reap` do, between the CLI and the core."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from providers import get_provider
+
+from .config import load_settings
+from .errors import BadInputError, NoOfferFitsError
+from .launcher import Launcher, LaunchOptions, UpResult
+from .lifecycle import LIVE, down, logs, reap, refresh, resolve
+from .models import OfferQuery
+from .planner import make_plan
+from .render import console, print_json
+from .search import find_offers, parse_provider_names
+from .state import State
+from .taskfile import load_task
+from .units import format_duration
+
+__all__ = ["down_command", "logs_command", "reap_command", "status_command", "up_command"]
+
+
+class _Phases:
+    """Narrates each phase of `up` on stderr with the time it took."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.err = console(stderr=True)
+        self.quiet = quiet
+        self.started = time.monotonic()
+        self.current: tuple[str, float] | None = None
+
+    def __call__(self, phase: str, detail: str) -> None:
+        now = time.monotonic()
+        if self.current and not self.quiet:
+            name, since = self.current
+            self.err.print(f"  [dim]{name} took {now - since:.1f} s[/]")
+        self.current = (phase, now)
+        if not self.quiet:
+            self.err.print(f"→ [bold]{phase}[/] {detail} [dim](+{now - self.started:.1f} s)[/]")
+
+
+def _sigterm_to_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(143)  # unwinds through the launcher, which destroys what it made
+
+
+def up_command(
+    *, task: str, overrides: dict[str, Any], providers, options: LaunchOptions, as_json: bool,
+    show_key: bool,
+) -> None:
+    settings = load_settings()
+    spec = load_task(task, overrides)
+    names = parse_provider_names(providers or spec.providers, settings.providers)
+    phases = _Phases(quiet=False)
+    phases("searching", f"offers from {', '.join(names)}")
+    query = OfferQuery(spot=spec.spot, regions=spec.regions, max_gpu_count=spec.max_gpu_count)
+    search = find_offers(
+        names, query, catalog_dir=None, deadline_s=settings.offer_deadline_s,
+        requested_by_name=bool(providers),
+    )
+    for warning in search.warnings:
+        phases.err.print(f"warning: {warning}")
+    plan = make_plan(spec, search.offers)
+    if not plan.feasible:
+        raise NoOfferFitsError(
+            f"no offer fits {spec.name}: {len(plan.candidates)} offers considered",
+            hint=f"run `deployctl plan {task} --explain` to see why",
+        )
+    options.hf_token = options.hf_token or os.environ.get("HF_TOKEN")
+    instances = {c.offer.provider: get_provider(c.offer.provider) for c in plan.feasible}
+    previous = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    try:
+        with State.open() as state:
+            result = Launcher(state, instances, options=options, progress=phases).up(
+                spec, plan.feasible
+            )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _show_up(result, spec.keep_alive_s, spec.ttl_s, time.monotonic() - phases.started,
+             as_json=as_json, show_key=show_key)
+
+
+def _show_up(result: UpResult, keep_alive_s: int, ttl_s: int, total_s: float, *,
+             as_json: bool, show_key: bool) -> None:
+    dep, inst = result.deployment, result.instance
+    base = (dep.endpoint_url or "").rstrip("/")
+    if as_json:
+        doc = {
+            "schema_version": 1, "deployment_id": dep.id, "task": dep.task_name,
+            "provider": dep.provider, "instance_id": dep.instance_id, "gpu": dep.gpu,
+            "gpu_count": dep.gpu_count, "endpoint_url": f"{base}/v1", "model": dep.model_name,
+            "quoted_price_per_hour_usd": result.quoted_price_per_hour_usd,
+            "actual_price_per_hour_usd": result.actual_price_per_hour_usd,
+            "keep_alive_s": keep_alive_s, "ttl_s": ttl_s, "ready_s": round(total_s, 2),
+            "phase_s": {k: round(v, 2) for k, v in result.phase_s.items()},
+        }  # fmt: skip
+        if show_key:
+            doc["key"] = result.key
+        print_json(doc)
+        return
+    out = console()
+    out.print(f"[bold green]Ready[/] in {total_s:.1f} s: {dep.task_name} on {dep.provider} "
+              f"{dep.gpu} (deployment {dep.id}, instance {inst.instance_id})")
+    out.print(f"Endpoint: {base}/v1")
+    out.print(f"Key:      {result.key}")
+    import json
+
+    body = json.dumps(
+        {"model": dep.model_name, "messages": [{"role": "user", "content": "Hello"}]}
+    )
+    out.print(f"Try:      curl -s {base}/v1/chat/completions -H 'Authorization: Bearer "
+              f"{result.key}' -H 'Content-Type: application/json' -d '{body}'", soft_wrap=True)
+    out.print(f"Price:    quoted ${result.quoted_price_per_hour_usd:.3f}/h, "
+              f"actual ${result.actual_price_per_hour_usd:.3f}/h")
+    out.print(f"Ends:     after {format_duration(keep_alive_s)} idle or at "
+              f"{format_duration(ttl_s)} (ttl): its guard destroys it even if this machine is "
+              f"off; `deployctl down {dep.id}` ends it now.")
+
+
+def _row(dep, counters) -> dict[str, Any]:
+    now = datetime.now(timezone.utc)
+    end = dep.ended_at or now
+    age_s = (end - dep.created_at).total_seconds()
+    cost = dep.cost_usd if dep.ended_at else dep.price_per_hour_usd * age_s / 3600
+    return {
+        "id": dep.id, "task": dep.task_name, "provider": dep.provider, "gpu": dep.gpu,
+        "gpu_count": dep.gpu_count, "status": dep.status.value,
+        "price_per_hour_usd": dep.price_per_hour_usd, "age_s": round(age_s, 1),
+        "idle_s": round(counters.idle_s, 1) if counters and counters.idle_s is not None else None,
+        "requests": counters.requests if counters else None,
+        "cost_usd": round(cost, 6), "endpoint_url": dep.endpoint_url,
+        "end_reason": dep.end_reason or None,
+    }  # fmt: skip
+
+
+def status_command(*, show_all: bool, as_json: bool) -> None:
+    rows = []
+    with State.open() as state:
+        for dep in state.list_deployments(live_only=not show_all):
+            dep, counters = refresh(state, dep)
+            rows.append(_row(dep, counters))
+    if as_json:
+        print_json({"schema_version": 1, "deployments": rows})
+        return
+    from .render import table
+
+    t = table("id", "task", "provider", "GPU", "state", "$/h", "age", "idle", "requests",
+              "cost $", "ended because")
+    for r in rows:
+        t.add_row(r["id"], r["task"], r["provider"] or "-", r["gpu"] or "-", r["status"],
+                  f"{r['price_per_hour_usd']:.3f}", format_duration(r["age_s"]),
+                  format_duration(r["idle_s"]) if r["idle_s"] is not None else "-",
+                  str(r["requests"]) if r["requests"] is not None else "-",
+                  f"{r['cost_usd']:.4f}", r["end_reason"] or "")
+    out = console()
+    out.print(t if rows else "no deployments (use --all to include ended ones)")
+
+
+def down_command(*, refs: tuple[str, ...], everything: bool, as_json: bool) -> None:
+    if not refs and not everything:
+        raise BadInputError("deployment", "name a deployment (id or task) or pass --all")
+    ended = []
+    with State.open() as state:
+        targets = (state.list_deployments(live_only=True) if everything
+                   else [resolve(state, r) for r in refs])
+        for dep in targets:
+            if dep.status not in LIVE:
+                ended.append({"id": dep.id, "status": dep.status.value, "note": "already ended"})
+                continue
+            dep = down(state, dep)
+            ended.append({"id": dep.id, "status": dep.status.value,
+                          "cost_usd": round(dep.cost_usd, 6)})
+    if as_json:
+        print_json({"schema_version": 1, "ended": ended})
+        return
+    out = console()
+    for e in ended:
+        note = e.get("note") or f"destroyed and verified gone; cost ${e['cost_usd']:.4f}"
+        out.print(f"{e['id']}: {note}")
+
+
+def logs_command(*, ref: str, tail: int) -> None:
+    with State.open() as state:
+        dep = resolve(state, ref)
+    print(logs(dep, tail), end="")
+
+
+def reap_command(*, dry_run: bool, providers, as_json: bool) -> None:
+    names = list(parse_provider_names(providers, ())) or None
+    with State.open() as state:
+        report = reap(state, dry_run=dry_run, provider_names=names)
+    if as_json:
+        print_json({"schema_version": 1, "dry_run": dry_run,
+                    "orphans": [dict(zip(("provider", "instance_id", "why"), o, strict=True))
+                                for o in report.orphans],
+                    "destroyed": [dict(zip(("provider", "instance_id"), d, strict=True))
+                                  for d in report.destroyed],
+                    "failed": [dict(zip(("provider", "instance_id", "error"), f, strict=True))
+                               for f in report.failed],
+                    "ended": report.ended, "skipped_providers": report.skipped})
+        return
+    out = console()
+    verb = "would destroy" if dry_run else "destroyed"
+    for p, iid, why in report.orphans:
+        out.print(f"orphan {p} {iid}: {why}")
+    for p, iid in report.destroyed:
+        out.print(f"{verb} {p} {iid} (verified gone)")
+    for p, iid, err in report.failed:
+        out.print(f"[red]failed[/] {p} {iid}: {err}")
+    for dep_id in report.ended:
+        out.print(f"ended {dep_id}: its instance had vanished")
+    if report.skipped:
+        out.print(f"skipped (no credentials): {', '.join(report.skipped)}")
+    if not (report.orphans or report.failed or report.ended):
+        out.print("nothing to reap")
+    if report.failed:
+        raise SystemExit(1)

@@ -1,0 +1,177 @@
+"""The launcher's contract with an in-memory provider: journal first, fallback, cleanup."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from orchestrator import launcher as launcher_mod
+from orchestrator.errors import DeployctlError, LaunchFailedError, OfferUnavailableError
+from orchestrator.health import NotReadyError
+from orchestrator.launcher import Launcher, LaunchOptions
+from orchestrator.models import (
+    CredentialStatus,
+    DeploymentStatus,
+    Instance,
+    InstanceState,
+    Offer,
+)
+from orchestrator.planner import make_plan
+from orchestrator.state import State, load_key
+from orchestrator.taskfile import load_task
+
+
+class MemoryProvider:
+    """Instances in a dict; `unavailable` offer ids fail at rent."""
+
+    name = "mem"
+    teardown = "none"
+
+    def __init__(self, unavailable=(), half_created=()):
+        self.instances: dict[str, Instance] = {}
+        self.unavailable = set(unavailable)
+        self.half_created = set(half_created)
+        self.calls: list[str] = []
+        self.counter = 0
+
+    def check_credentials(self):
+        return CredentialStatus(ok=True)
+
+    def list_offers(self, query):
+        return [offer(i) for i in range(1, 6) if f"o{i}" not in self.unavailable]
+
+    def launch(self, offer, spec, *, name, labels):
+        self.calls.append(f"launch {offer.offer_id}")
+        assert spec.secret_env["DEPLOYCTL_ENDPOINT_KEY"].get_secret_value()
+        if offer.offer_id in self.half_created:
+            self.counter += 1
+            iid = f"i{self.counter}"
+            self.instances[iid] = Instance(provider="mem", instance_id=iid,
+                                           state=InstanceState.PENDING, labels=labels)
+            raise LaunchFailedError("mem", "created then failed", instance_id=iid)
+        self.counter += 1
+        iid = f"i{self.counter}"
+        self.instances[iid] = Instance(
+            provider="mem", instance_id=iid, state=InstanceState.RUNNING,
+            endpoint_url=f"http://mem/{iid}", labels=labels,
+            price_per_hour_usd=offer.price_per_hour_usd,
+        )
+        return self.instances[iid]
+
+    def get(self, iid):
+        return self.instances.get(iid)
+
+    def list_instances(self, label_prefix="deployctl-"):
+        return list(self.instances.values())
+
+    def terminate(self, iid):
+        self.calls.append(f"terminate {iid}")
+        self.instances.pop(iid, None)
+
+
+def offer(i: int) -> Offer:
+    return Offer(provider="mem", offer_id=f"o{i}", gpu="RTX4090", gpu_count=1, vram_gib=24,
+                 price_per_hour_usd=0.1 * i, quoted_at=datetime.now(timezone.utc))
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(tmp_path / "state"))
+    with State.open() as s:
+        yield s
+
+
+def candidates():
+    task = load_task("qwen-14b")
+    return task, make_plan(task, [offer(i) for i in range(1, 6)]).feasible
+
+
+def ready_unless(bad_endpoints: set[str]):
+    def fake_wait_ready(endpoint_url, key, model, **kwargs):
+        if endpoint_url in bad_endpoints:
+            raise NotReadyError("loading model", "never answered")
+        return 0.1
+    return fake_wait_ready
+
+
+def test_fallback_after_vanished_offers_records_every_attempt(state, monkeypatch):
+    monkeypatch.setattr(launcher_mod, "wait_ready", ready_unless(set()))
+    provider = MemoryProvider(unavailable={"o1", "o2"})
+    task, cands = candidates()
+    result = Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01)).up(task, cands)
+    assert result.deployment.status is DeploymentStatus.READY
+    assert result.deployment.offer_key == "mem:o3"
+    attempts = state.attempts(result.deployment.id)
+    assert [a.outcome for a in attempts] == ["unavailable", "unavailable", "ready"]
+    assert provider.calls == ["launch o3"]  # re-validation caught o1, o2 before renting
+    journal = state.journal(result.deployment.id)
+    assert [(j.action, j.state) for j in journal] == [
+        ("rent", "failed"), ("rent", "failed"), ("rent", "done")]
+    assert load_key(result.deployment.id) == result.key
+
+
+def test_never_ready_is_destroyed_verified_and_next_tried(state, monkeypatch):
+    monkeypatch.setattr(launcher_mod, "wait_ready", ready_unless({"http://mem/i1"}))
+    provider = MemoryProvider()
+    task, cands = candidates()
+    result = Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01)).up(task, cands)
+    assert provider.calls == ["launch o1", "terminate i1", "launch o2"]
+    assert "i1" not in provider.instances
+    outcomes = [(a.outcome, a.instance_id) for a in state.attempts(result.deployment.id)]
+    assert outcomes == [("failed", "i1"), ("ready", "i2")]
+    terminated = [j for j in state.journal(result.deployment.id) if j.action == "terminate"]
+    assert [(j.instance_id, j.state) for j in terminated] == [("i1", "done")]
+
+
+def test_half_created_instance_is_destroyed(state, monkeypatch):
+    monkeypatch.setattr(launcher_mod, "wait_ready", ready_unless(set()))
+    provider = MemoryProvider(half_created={"o1"})
+    task, cands = candidates()
+    Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01)).up(task, cands)
+    assert provider.calls[:2] == ["launch o1", "terminate i1"]
+
+
+def test_all_fail_raises_with_every_attempt_and_leaves_nothing(state, monkeypatch):
+    monkeypatch.setattr(launcher_mod, "wait_ready", ready_unless(
+        {f"http://mem/i{n}" for n in range(1, 9)}))
+    provider = MemoryProvider()
+    task, cands = candidates()
+    with pytest.raises(DeployctlError) as info:
+        Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01, max_attempts=3)
+                 ).up(task, cands)
+    assert "after 3 attempts" in str(info.value)
+    assert provider.instances == {}
+    (dep,) = state.list_deployments()
+    assert dep.status is DeploymentStatus.FAILED and load_key(dep.id) is None
+
+
+def test_interrupt_destroys_what_was_created(state, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launcher_mod, "wait_ready", interrupted)
+    provider = MemoryProvider()
+    task, cands = candidates()
+    with pytest.raises(KeyboardInterrupt):
+        Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01)).up(task, cands)
+    assert provider.instances == {} and provider.calls == ["launch o1", "terminate i1"]
+    (dep,) = state.list_deployments()
+    assert dep.status is DeploymentStatus.FAILED and "interrupted" in dep.end_reason
+    assert state.live_instances() == []
+
+
+def test_offer_unavailable_at_launch(state, monkeypatch):
+    monkeypatch.setattr(launcher_mod, "wait_ready", ready_unless(set()))
+    provider = MemoryProvider()
+    original = provider.launch
+
+    def launch(offer, spec, *, name, labels):
+        if offer.offer_id == "o1":
+            raise OfferUnavailableError("mem", "rented by someone else")
+        return original(offer, spec, name=name, labels=labels)
+
+    provider.launch = launch
+    task, cands = candidates()
+    result = Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01)).up(task, cands)
+    assert [a.outcome for a in state.attempts(result.deployment.id)] == ["unavailable", "ready"]
