@@ -78,24 +78,26 @@ def guard_status(dep: Deployment, timeout_s: float = 3.0) -> GuardStatus | None:
 def close_deployment(
     state: State, dep: Deployment, reason: str, counters: GuardStatus | None = None
 ) -> None:
-    """End `dep` and close its bill (both idempotent); forget its key."""
-    ended = _now()
-    if state.mark_ended(dep.id, reason, ended):
-        billed_s = max((ended - dep.created_at).total_seconds(), 0.0)
-        cold = (dep.ready_at - dep.created_at).total_seconds() if dep.ready_at else None
-        c = counters or GuardStatus()
-        state.close_bill(
-            dep.id,
-            dep.price_per_hour_usd,
-            billed_s,
-            requests=c.requests,
-            prompt_tokens=c.prompt_tokens,
-            completion_tokens=c.completion_tokens,
-            cold_start_s=cold,
-            idle_s=c.idle_s,
-            closed_at=ended,
-        )
-        state.add_event(dep.id, "ended", reason)
+    """End `dep` and close its bill (both idempotent, so a crash between them is
+    repaired by the next call); forget its key."""
+    state.mark_ended(dep.id, reason)
+    dep = state.get_deployment(dep.id) or dep
+    ended = dep.ended_at or _now()
+    billed_s = max((ended - dep.created_at).total_seconds(), 0.0)
+    cold = (dep.ready_at - dep.created_at).total_seconds() if dep.ready_at else None
+    c = counters or GuardStatus()
+    state.close_bill(
+        dep.id,
+        dep.price_per_hour_usd,
+        billed_s,
+        requests=c.requests,
+        prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens,
+        cold_start_s=cold,
+        idle_s=c.idle_s,
+        closed_at=ended,
+    )
+    state.add_event(dep.id, "ended", reason)
     delete_key(dep.id)
 
 

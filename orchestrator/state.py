@@ -32,6 +32,7 @@ from typing import Any
 
 from .errors import BadInputError, DeployctlError, redact
 from .models import Attempt, Deployment, DeploymentStatus
+from .paths import data_dir, private_dir
 
 __all__ = [
     "Bill",
@@ -102,24 +103,6 @@ _ATTEMPT_COLUMNS = (
     "n", "provider", "offer_key", "gpu", "price_per_hour_usd", "instance_id", "outcome",
     "reason", "started_at", "ended_at",
 )  # fmt: skip
-
-
-def data_dir() -> Path:
-    """The data dir (not created): $DEPLOYCTL_STATE_DIR, else $XDG_DATA_HOME/deployctl,
-    else ~/.local/share/deployctl."""
-    if os.environ.get("DEPLOYCTL_STATE_DIR"):
-        return Path(os.environ["DEPLOYCTL_STATE_DIR"])
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "deployctl"
-
-
-def _private_dir(path: Path) -> Path:
-    """Create `path` with mode 0700 if missing; tighten it to 0700 if it is ours and looser."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
-        path.chmod(0o700)
-    return path
 
 
 def _now() -> datetime:
@@ -221,7 +204,7 @@ class State:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else _private_dir(data_dir()) / "state.db"
+        self.path = Path(path) if path is not None else private_dir(data_dir()) / "state.db"
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # -wal/-shm copy the mode
         if self.path.stat().st_mode & 0o077:
@@ -608,8 +591,8 @@ def _key_path(deployment_id: str, base: Path | None) -> Path:
 def save_key(deployment_id: str, key: str, *, base: Path | None = None) -> Path:
     """Store a deployment's endpoint key in `<data dir>/keys/<id>` (0600, atomically)."""
     path = _key_path(deployment_id, base)
-    _private_dir(path.parent.parent)
-    _private_dir(path.parent)
+    private_dir(path.parent.parent)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:

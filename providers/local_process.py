@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator.models import ContainerSpec
-from orchestrator.paths import data_dir
+from orchestrator.paths import data_dir, private_dir
 
 __all__ = ["LocalProcess", "free_port", "registry_dir"]
 
@@ -30,9 +30,7 @@ _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "HF_HOME", "XDG_CACHE_H
 
 
 def registry_dir() -> Path:
-    path = data_dir() / "local"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    return private_dir(data_dir() / "local")
 
 
 def free_port() -> int:
@@ -65,8 +63,7 @@ class LocalProcess:
 
     @classmethod
     def spawn(cls, instance_id: str, spec: ContainerSpec, labels: dict[str, str]) -> LocalProcess:
-        workdir = registry_dir() / instance_id
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        workdir = private_dir(registry_dir() / instance_id)
         guard_port, engine_port = free_port(), free_port()
         env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
         env.update(spec.all_env())
