@@ -501,12 +501,31 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.connection.settimeout(cfg.client_timeout_s)
             self.handle_request()
             self.wfile.flush()
+            if self._unread_body:
+                self._linger()
         except _HeadTooLarge:
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self._reject(431, "request header too large")
+                self._linger()
         except OSError:  # socket.timeout included: a slow or vanished client
             self.close_connection = True
+
+    def _linger(self) -> None:
+        """Refused with the body unread: drain a little so that close() does not reset
+        the connection before the client has read our answer (a lingering close)."""
+        self.close_connection = True
+        deadline, drained = time.monotonic() + 2.0, 0
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            while (
+                time.monotonic() < deadline and drained < 2 * self.server.guard.cfg.max_body_bytes
+            ):
+                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
+                data = self.connection.recv(65536)
+                if not data:
+                    break
+                drained += len(data)
 
     def handle_request(self) -> None:
         guard = self.server.guard
@@ -783,7 +802,9 @@ def _vast_destroy(env: dict) -> tuple[bool, str]:
 
 
 def _runpod_terminate(env: dict) -> tuple[bool, str]:
-    url = env.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io/graphql"
+    # Same meaning as for runpod-python and deployctl's adapter: the API's base URL.
+    base = (env.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io").rstrip("/")
+    url = base if base.endswith("/graphql") else base + "/graphql"
     payload = {"query": RUNPOD_TERMINATE, "variables": {"input": {"podId": env["RUNPOD_POD_ID"]}}}
     headers = {"Authorization": "Bearer " + env["RUNPOD_API_KEY"]}
     headers["Content-Type"] = "application/json"

