@@ -1,4 +1,5 @@
-"""`deployctl up` end to end against the fake Vast cloud: the real CLI, guard and journal.
+"""`deployctl up` end to end against the fake Vast and RunPod clouds: the real CLI, guard
+and journal.
 
 The fake really runs each instance's bootstrap (the guard plus a fake engine), so the
 guard's self-destroy call reaches the fake's API with the instance-scoped key.
@@ -18,20 +19,28 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.state import State
-from tests.fakes import DEFAULT_VAST_KEY, serve_vast
+from tests.fakes import DEFAULT_RUNPOD_KEY, DEFAULT_VAST_KEY, serve_runpod, serve_vast
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 TASK = "qwen2.5-7b"
 
 
-@pytest.fixture
-def vast(monkeypatch, tmp_path):
-    with serve_vast() as (api, url):
+@pytest.fixture(params=["vast", "runpod"])
+def vast(request, monkeypatch, tmp_path):
+    """A fake cloud (named `vast` for history: it is Vast, then RunPod), wired by env."""
+    monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(tmp_path / "state"))
+    serve = serve_vast if request.param == "vast" else serve_runpod
+    with serve() as (api, url):
         api.fleet.boot_delay_s = 0.5
-        monkeypatch.setenv("VAST_URL", url)
-        monkeypatch.setenv("VAST_API_KEY", DEFAULT_VAST_KEY)
-        monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(tmp_path / "state"))
+        api.provider_name = request.param
+        if request.param == "vast":
+            monkeypatch.setenv("VAST_URL", url)
+            monkeypatch.setenv("VAST_API_KEY", DEFAULT_VAST_KEY)
+        else:
+            monkeypatch.setenv("RUNPOD_API_BASE_URL", url)
+            monkeypatch.setenv("RUNPOD_API_KEY", DEFAULT_RUNPOD_KEY)
+            monkeypatch.setenv("RUNPOD_PROXY_URL", api.proxy_url)
         yield api
         # Nothing may be left running on the fake cloud, or as a process here.
         leftover = [i.instance_id for i in api.fleet.live()]
@@ -65,7 +74,7 @@ def chat(endpoint: str, key: str) -> dict:
 
 
 def test_up_request_idle_self_destroy_then_reap_finds_nothing(vast, capsys):
-    code, up = cli_json(capsys, "up", TASK, "--provider", "vast", "--keep-alive", "3s",
+    code, up = cli_json(capsys, "up", TASK, "--provider", vast.provider_name, "--keep-alive", "3s",
                         "--show-key", "--ready-timeout", "60")
     assert code == 0
     assert chat(up["endpoint_url"], up["key"])["usage"]["completion_tokens"] > 0
@@ -81,7 +90,9 @@ def test_up_request_idle_self_destroy_then_reap_finds_nothing(vast, capsys):
 
 def test_fallback_when_first_two_offers_vanish_at_rent(vast, capsys):
     vast.fleet.vanish_next(2)
-    code, up = cli_json(capsys, "up", TASK, "--provider", "vast", "--ready-timeout", "60")
+    code, up = cli_json(
+        capsys, "up", TASK, "--provider", vast.provider_name, "--ready-timeout", "60"
+    )
     assert code == 0
     with State.open() as state:
         attempts = state.attempts(up["deployment_id"])
@@ -94,7 +105,7 @@ def test_fallback_when_first_two_offers_vanish_at_rent(vast, capsys):
 
 def test_readiness_never_comes_instances_destroyed_and_next_offer_tried(vast, capsys):
     vast.fleet.engine_args = "--never-ready"
-    code = main(["up", TASK, "--provider", "vast", "--ready-timeout", "3",
+    code = main(["up", TASK, "--provider", vast.provider_name, "--ready-timeout", "3",
                  "--max-attempts", "2", "--json"])
     assert code == 1
     with State.open() as state:
@@ -108,10 +119,10 @@ def test_readiness_never_comes_instances_destroyed_and_next_offer_tried(vast, ca
     assert dep.status.value == "failed"
 
 
-def _up_subprocess(url: str, *extra: str) -> subprocess.Popen:
+def _up_subprocess(provider: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "up", TASK, "--provider", "vast",
+        [sys.executable, "-m", "orchestrator.cli", "up", TASK, "--provider", provider,
          "--ready-timeout", "60", *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -119,7 +130,7 @@ def _up_subprocess(url: str, *extra: str) -> subprocess.Popen:
 
 def test_sigkill_after_rent_then_reap_destroys_the_orphan(vast, capsys):
     vast.fleet.boot_delay_s = 3.0  # long enough to kill the launcher while it waits
-    proc = _up_subprocess(vast.url)
+    proc = _up_subprocess(vast.provider_name)
     wait_for(lambda: vast.fleet.live(), 30, "the rent")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -136,7 +147,7 @@ def test_sigkill_after_rent_then_reap_destroys_the_orphan(vast, capsys):
 
 
 def test_sigkill_after_rent_without_reap_the_guard_ttl_destroys_it(vast):
-    proc = _up_subprocess(vast.url, "--ttl", "6s", "--keep-alive", "1h")
+    proc = _up_subprocess(vast.provider_name, "--ttl", "6s", "--keep-alive", "1h")
     wait_for(lambda: vast.fleet.live(), 30, "the rent")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -147,7 +158,7 @@ def test_sigkill_after_rent_without_reap_the_guard_ttl_destroys_it(vast):
 
 def test_sigterm_during_boot_cleans_up_and_exits_143(vast):
     vast.fleet.boot_delay_s = 5.0
-    proc = _up_subprocess(vast.url)
+    proc = _up_subprocess(vast.provider_name)
     wait_for(lambda: vast.fleet.live(), 30, "the rent")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
