@@ -38,8 +38,20 @@ def _catalog_option(f):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deployctl")
-def cli() -> None:
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting for this command (e.g. --set budget.monthly=30).")
+def cli(settings) -> None:
     """Put an LLM endpoint on the cheapest GPU that truly serves it, and prove it is gone."""
+    pairs = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        pairs[key.strip()] = value
+    if pairs or "orchestrator.config" in sys.modules:  # keep `--help` from importing it
+        from .config import set_flag_overrides
+
+        set_flag_overrides(pairs)
 
 
 @cli.command()
@@ -226,13 +238,16 @@ def gpus(as_json) -> None:
               help="Seconds an instance may take to run.")
 @click.option("--ready-timeout", type=POSITIVE, default=1800, show_default=True,
               help="Seconds the model may take to answer.")
+@click.option("--override-budget", is_flag=True,
+              help="Launch even if the monthly budget refuses it (recorded in the ledger).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--show-key", is_flag=True, help="Include the endpoint key in --json output.")
 def up(task, providers, quant, engine, context, concurrency, min_tps, max_ttft, max_price, spot,
-       regions, keep_alive, ttl, max_attempts, boot_timeout, ready_timeout, as_json,
-       show_key) -> None:
+       regions, keep_alive, ttl, max_attempts, boot_timeout, ready_timeout, override_budget,
+       as_json, show_key) -> None:
     """Rent the cheapest offer that serves TASK, wait until the model answers, print the
-    endpoint and its key. Its guard destroys it when idle or too old."""
+    endpoint and its key. Its guard destroys it when idle or too old. Limits and the
+    monthly budget are checked first: a refusal exits 3 and creates nothing."""
     from . import lifecycle_commands
     from .launcher import LaunchOptions
 
@@ -250,6 +265,7 @@ def up(task, providers, quant, engine, context, concurrency, min_tps, max_ttft, 
         ),
         as_json=as_json,
         show_key=show_key,
+        override_budget=override_budget,
     )
 
 
@@ -293,6 +309,193 @@ def reap(dry_run, providers, as_json) -> None:
     from . import lifecycle_commands
 
     lifecycle_commands.reap_command(dry_run=dry_run, providers=providers, as_json=as_json)
+
+
+@cli.group()
+def config() -> None:
+    """Show or change settings ($XDG_CONFIG_HOME/deployctl/config.yaml)."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def config_show(as_json) -> None:
+    """Every setting with where it comes from (default, file, env, flag); never a secret."""
+    from . import money_commands
+
+    money_commands.config_show_command(as_json=as_json)
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key, value) -> None:
+    """Validate and store one setting (e.g. budget.monthly 20). credentials.* keys go to
+    the private credentials file (mode 0600)."""
+    from . import money_commands
+
+    money_commands.config_set_command(key=key, value=value)
+
+
+@cli.command()
+@click.option("--month", metavar="YYYY-MM", help="Default: this month (UTC).")
+@click.option("--by", type=click.Choice(["task", "provider", "gpu"]),
+              help="Group rows; default: one row per deployment.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV rows on stdout.")
+def cost(month, by, as_json, as_csv) -> None:
+    """Spend of a month: cost per 1000 requests and per 1M tokens served, cold start, idle
+    waste, and the month against the budget."""
+    from . import money_commands
+
+    money_commands.cost_command(month=month, by=by, as_json=as_json, as_csv=as_csv)
+
+
+@cli.group()
+def metrics() -> None:
+    """Prometheus metrics of the ledger."""
+
+
+@metrics.command("serve")
+@click.option("--port", type=click.IntRange(0, 65535), default=9108, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default).")
+def metrics_serve(port, host) -> None:
+    """Serve /metrics: spend, budget ratio, GPU-seconds, cold starts, requests, tokens."""
+    from . import money_commands
+
+    money_commands.metrics_command(host=host, port=port)
+
+
+@cli.command()
+@click.argument("task_a", metavar="A")
+@click.argument("task_b", metavar="B")
+@click.option("--prompts", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON Lines: {prompt|messages, expected?, match?, max_tokens?, id?}.")
+@click.option("--requests", type=COUNT, help="Requests per side. Default: one per prompt.")
+@click.option("--concurrency", type=COUNT, default=4, show_default=True)
+@click.option("--max-tokens", type=COUNT, default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Request order and sampling.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Unmeasured requests per side first.")
+@click.option("--same-gpu", is_flag=True, help="Both sides on the same GPU model.")
+@_provider_option
+@click.option("--a-set", multiple=True, metavar="KEY=VALUE", help="Override task A (quant=awq).")
+@click.option("--b-set", multiple=True, metavar="KEY=VALUE", help="Override task B.")
+@click.option("--keep-alive", metavar="DURATION", help="Both guards' idle limit (>= 10s).")
+@click.option("--ttl", metavar="DURATION", default="1h", show_default=True,
+              help="The rig's deadline, and every guard's ttl.")
+@click.option("--sequential/--parallel", default=None,
+              help="Load one side after the other. Default: sequential on one shared host.")
+@click.option("--request-timeout", type=POSITIVE, default=300, show_default=True)
+@click.option("--max-attempts", type=COUNT, default=5, show_default=True)
+@click.option("--boot-timeout", type=POSITIVE, default=900, show_default=True)
+@click.option("--ready-timeout", type=POSITIVE, default=1800, show_default=True)
+@click.option("--override-budget", is_flag=True, help="Launch above the monthly budget (logged).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Markdown report.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="JSON report; -: stdout")
+@click.option("--fail-on", metavar="RULES", help='e.g. "ttft_p95_ratio>1.2,error_rate>0.01".')
+def ab(task_a, task_b, prompts, requests, concurrency, max_tokens, seed, warmup, same_gpu,
+       providers, a_set, b_set, keep_alive, ttl, sequential, request_timeout,
+       max_attempts, boot_timeout, ready_timeout, override_budget, report_path, json_path,
+       fail_on) -> None:
+    """Deploy A and B, replay the same prompts against both, report latency, cost and
+    quality side by side, and destroy both (verified), whatever happens."""
+    from .abtest import RigOptions, ab_command, parse_sets
+    from .launcher import LaunchOptions
+
+    ab_command(RigOptions(
+        task_a=task_a, task_b=task_b, prompts_path=prompts,
+        overrides_a=parse_sets(a_set, "--a-set"), overrides_b=parse_sets(b_set, "--b-set"),
+        requests=requests, concurrency=concurrency, max_tokens=max_tokens, seed=seed,
+        warmup=warmup, same_gpu=same_gpu, providers=providers, keep_alive=keep_alive, ttl=ttl,
+        sequential=sequential, request_timeout_s=request_timeout,
+        launch=LaunchOptions(max_attempts=max_attempts, boot_timeout_s=boot_timeout,
+                             ready_timeout_s=ready_timeout),
+        override_budget=override_budget, report_path=report_path, json_path=json_path,
+        fail_on=fail_on,
+    ))  # fmt: skip
+
+
+@cli.group()
+def schedule() -> None:
+    """Book sessions: the endpoint answers at the start and is gone at the end."""
+
+
+@schedule.command("add")
+@click.argument("task")
+@click.option("--at", metavar="TIME", help='Start, e.g. "2026-12-01 14:00" (wall clock in --tz).')
+@click.option("--for", "duration", required=True, metavar="DURATION", help="Window, e.g. 3h.")
+@click.option("--tz", metavar="ZONE", help="IANA zone (Europe/Paris). Default: this machine's.")
+@click.option("--lead", default="auto", show_default=True, metavar="auto|DURATION",
+              help="Launch this long before the start; auto: p90 of measured cold starts.")
+@click.option("--repeat", metavar="CRON", help='Repeat, e.g. "0 14 * * 2" (read in --tz).')
+@click.option("--grace", metavar="DURATION", help="The guard ends it this long after the end "
+              "if no tick does (default 2m).")
+@_provider_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def schedule_add(task, at, duration, tz, lead, repeat, grace, providers, as_json) -> None:
+    """Book TASK for a window; budget and limits are checked now and again at its start."""
+    from . import schedule_commands
+
+    schedule_commands.add_command(task=task, at=at, duration=duration, tz=tz, lead=lead,
+                                  repeat=repeat, grace=grace, providers=providers,
+                                  as_json=as_json)
+
+
+@schedule.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Removed schedules and every session.")
+@click.option("--show-key", is_flag=True, help="Show running sessions' endpoint keys.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def schedule_list(show_all, show_key, as_json) -> None:
+    """Schedules and their sessions (times in each schedule's zone)."""
+    from . import schedule_commands
+
+    schedule_commands.list_command(show_all=show_all, as_json=as_json, show_key=show_key)
+
+
+@schedule.command("rm")
+@click.argument("ref", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def schedule_rm(ref, as_json) -> None:
+    """Cancel a schedule's upcoming sessions; a running one still ends at its end."""
+    from . import schedule_commands
+
+    schedule_commands.rm_command(ref=ref, as_json=as_json)
+
+
+@schedule.command("tick")
+@click.option("--now", hidden=True, help="ISO time to act at (tests).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def schedule_tick(now, as_json) -> None:
+    """Start what is due, end what is over, report it; idempotent, safe to overlap (cron)."""
+    from . import schedule_commands
+
+    schedule_commands.tick_command(as_json=as_json, now=now)
+
+
+@schedule.command("run")
+@click.option("--interval", type=POSITIVE, default=30, show_default=True, help="Seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per tick that acted.")
+def schedule_run(interval, as_json) -> None:
+    """Tick in the foreground every --interval seconds (systemd, tmux) until SIGTERM."""
+    from . import schedule_commands
+
+    schedule_commands.run_command(interval_s=interval, as_json=as_json)
+
+
+@schedule.command("export")
+@click.option("--cron", "kind", flag_value="cron", help="A crontab line.")
+@click.option("--systemd", "kind", flag_value="systemd", help="A systemd user service.")
+@click.option("--github-actions", "kind", flag_value="github", help="A GitHub Actions workflow.")
+@click.option("--interval", type=POSITIVE, default=30, show_default=True,
+              help="Seconds between ticks (systemd).")
+def schedule_export(kind, interval) -> None:
+    """Print a ready-to-use snippet that keeps ticks coming."""
+    if not kind:
+        raise click.UsageError("choose one of --cron, --systemd or --github-actions")
+    from . import schedule_commands
+
+    schedule_commands.export_command(kind=kind, interval_s=interval)
 
 
 def main(argv: list[str] | None = None) -> int:

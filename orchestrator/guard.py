@@ -327,7 +327,10 @@ class EngineProcess:
             return status == 200
         return False
 
-    def update(self, now: float) -> None:
+    def update(self, now: float, busy: bool = False) -> None:
+        """Refresh the engine's state. `busy`: requests are in flight, which is proof
+        enough that a ready engine answers; probing then would take llama.cpp's model
+        lock and cut the streams being served."""
         code = self.proc.poll() if self.proc is not None else -1
         if code is not None:
             if self.exited_at is None:
@@ -335,7 +338,7 @@ class EngineProcess:
                 self.log.write("guard", f"engine exited with code {code}")
             self.state = "dead"
             return
-        if self.state == "ready" and now - self._probed_at < self._probe_every_s:
+        if self.state == "ready" and (busy or now - self._probed_at < self._probe_every_s):
             return
         self._probed_at = now
         if self._probe():
@@ -473,20 +476,25 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self._unread_body = False
         try:
             deadline = time.monotonic() + cfg.client_timeout_s
-            self.connection.settimeout(cfg.client_timeout_s)
-            self.raw_requestline = self.rfile.readline(MAX_HEADER_BYTES + 1)
+            self.raw_requestline = self._read_line(MAX_HEADER_BYTES + 1, deadline)
             if not self.raw_requestline:
                 self.close_connection = True
                 return
             head = bytearray()
             while len(self.raw_requestline) + len(head) <= MAX_HEADER_BYTES:
-                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
-                line = self.rfile.readline(MAX_HEADER_BYTES + 1)
+                line = self._read_line(MAX_HEADER_BYTES + 1, deadline)
                 head += line
                 if line in (b"\r\n", b"\n", b""):
                     break
             else:
                 raise _HeadTooLarge()
+            words = self.raw_requestline.split()
+            if len(words) != 3 or words[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+                # Refused here, with a status line: for a request line ending in HTTP/0.9
+                # the stdlib answers (errors included) with a bare body and no headers.
+                self.close_connection = True
+                known = len(words) == 3 and words[2].startswith(b"HTTP/")
+                return self._reject(505 if known else 400, "bad request line or version")
             sock_file, self.rfile = self.rfile, io.BytesIO(bytes(head))
             try:
                 ok = self.parse_request()  # reads the headers from `head`
@@ -510,6 +518,24 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 self._linger()
         except OSError:  # socket.timeout included: a slow or vanished client
             self.close_connection = True
+
+    def _read_line(self, limit: int, deadline: float) -> bytes:
+        """readline(limit) under `deadline` for the whole line: the socket timeout alone
+        restarts at every byte, so a client sending one a second would never time out."""
+        line = b""
+        while len(line) < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request head not received in time")
+            self.connection.settimeout(left)
+            data = self.rfile.peek(1)[: limit - len(line)]  # at most one recv
+            if not data:
+                break
+            end = data.find(b"\n")
+            line += self.rfile.read(len(data) if end < 0 else end + 1)  # buffered: no recv
+            if end >= 0:
+                break
+        return line
 
     def _linger(self) -> None:
         """Refused with the body unread: drain a little so that close() does not reset
@@ -606,7 +632,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if length > cfg.max_body_bytes:
             self._reject(413, f"request body over {cfg.max_body_bytes} bytes")
             return 413
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body(length)
         if len(body) < length:
             self.close_connection = True
             return 400
@@ -634,6 +660,27 @@ class ProxyHandler(BaseHTTPRequestHandler):
         finally:
             if counted:
                 counters.end(answered, usage.prompt, usage.completion_tokens)
+
+    def _read_body(self, length: int) -> bytes:
+        """The request body under one deadline for all of it, as the head has: client
+        timeout plus a second per 256 KiB. A client trickling a byte at a time would
+        otherwise hold a connection slot for as long as it likes (the socket timeout
+        alone restarts at every byte). Short when the client stopped or ran out of time."""
+        timeout_s = self.server.guard.cfg.client_timeout_s
+        deadline = time.monotonic() + timeout_s + length / (256 * 1024)
+        chunks, got = [], 0
+        while got < length:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.connection.settimeout(min(left, timeout_s))
+            chunk = self.rfile.read1(min(65536, length - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        self.connection.settimeout(timeout_s)
+        return b"".join(chunks)
 
     def _upstream(self, target: str, body: bytes) -> tuple:
         cfg = self.server.guard.cfg
@@ -756,7 +803,7 @@ class Reaper:
 
     def check(self, now: float) -> str | None:
         cfg, engine, counters = self.guard.cfg, self.guard.engine, self.guard.counters
-        engine.update(now)
+        engine.update(now, busy=counters.in_flight > 0)
         if engine.ever_ready:
             counters.mark_ready()
         age, grace = now - counters.started, _num(cfg.engine_grace_s)

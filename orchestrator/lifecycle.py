@@ -79,26 +79,30 @@ def close_deployment(
     state: State, dep: Deployment, reason: str, counters: GuardStatus | None = None
 ) -> None:
     """End `dep` and close its bill (both idempotent, so a crash between them is
-    repaired by the next call); forget its key."""
+    repaired by the next call); forget its key. The bill counts every instance the
+    deployment rented, failed attempts included (`ledger`)."""
+    from . import ledger
+
     state.mark_ended(dep.id, reason)
     dep = state.get_deployment(dep.id) or dep
-    ended = dep.ended_at or _now()
-    billed_s = max((ended - dep.created_at).total_seconds(), 0.0)
-    cold = (dep.ready_at - dep.created_at).total_seconds() if dep.ready_at else None
-    c = counters or GuardStatus()
-    state.close_bill(
-        dep.id,
-        dep.price_per_hour_usd,
-        billed_s,
-        requests=c.requests,
-        prompt_tokens=c.prompt_tokens,
-        completion_tokens=c.completion_tokens,
-        cold_start_s=cold,
-        idle_s=c.idle_s,
-        closed_at=ended,
-    )
+    ledger.close(state, dep, counters)
     state.add_event(dep.id, "ended", reason)
     delete_key(dep.id)
+
+
+def _observe(state: State, dep: Deployment, instance, counters: GuardStatus | None) -> None:
+    """Remember what the guard counted and what the provider says it cost so far."""
+    from .ledger import provider_cost_usd
+
+    c = counters or GuardStatus()
+    state.observe(
+        dep.id,
+        requests=c.requests if counters else None,
+        prompt_tokens=c.prompt_tokens if counters else None,
+        completion_tokens=c.completion_tokens if counters else None,
+        idle_s=c.idle_s if counters else None,
+        provider_cost_usd=provider_cost_usd(instance),
+    )
 
 
 def refresh(state: State, dep: Deployment) -> tuple[Deployment, GuardStatus | None]:
@@ -116,14 +120,19 @@ def refresh(state: State, dep: Deployment) -> tuple[Deployment, GuardStatus | No
                 destroy_and_verify(state, provider, dep.id, dep.instance_id)
         close_deployment(state, dep, "instance gone (preempted, or ended by its guard)")
         return state.get_deployment(dep.id) or dep, None
-    return dep, guard_status(dep)
+    counters = guard_status(dep)
+    _observe(state, dep, instance, counters)
+    return dep, counters
 
 
 def down(state: State, dep: Deployment, *, reason: str = "down") -> Deployment:
     """Terminate, verify gone, close the bill."""
     counters = guard_status(dep) if dep.status in LIVE else None
     if dep.provider and dep.instance_id and dep.status in LIVE:
-        destroy_and_verify(state, get_provider(dep.provider), dep.id, dep.instance_id)
+        provider = get_provider(dep.provider)
+        with contextlib.suppress(ProviderError):
+            _observe(state, dep, provider.get(dep.instance_id), counters)
+        destroy_and_verify(state, provider, dep.id, dep.instance_id)
     close_deployment(state, dep, reason, counters)
     return state.get_deployment(dep.id) or dep
 
@@ -207,8 +216,9 @@ def reap(state: State, *, dry_run: bool, provider_names: list[str] | None = None
 
 
 def _owner_alive(state: State, dep_id: str) -> bool:
-    entries = state.journal(dep_id)
-    return any(e.owner_alive() for e in entries) if entries else False
+    """Whether the process that launched the deployment still runs: its rent rows say
+    (terminate rows may be `reap`'s own, written by this very process)."""
+    return any(e.owner_alive for e in state.journal(dep_id) if e.action == "rent")
 
 
 def _deployment_id(instance) -> str | None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from providers import get_provider
+from providers.base import env_secret
 
-from .config import load_settings
-from .errors import BadInputError, NoOfferFitsError
+from .alerts import check_budget, check_ttl, notify
+from .config import load_config
+from .errors import BadInputError, DeployctlError, NoOfferFitsError
 from .launcher import Launcher, LaunchOptions, UpResult
 from .lifecycle import LIVE, down, logs, reap, refresh, resolve
 from .models import OfferQuery
@@ -50,16 +51,57 @@ def _sigterm_to_exit(signum: int, frame: Any) -> None:
 
 def up_command(
     *, task: str, overrides: dict[str, Any], providers, options: LaunchOptions, as_json: bool,
-    show_key: bool,
+    show_key: bool, override_budget: bool = False,
 ) -> None:
-    settings = load_settings()
+    from .guardrails import Gate, Refusal
+
+    config = load_config()
     spec = load_task(task, overrides)
-    names = parse_provider_names(providers or spec.providers, settings.providers)
+    # --provider, else the task's own providers, else the configured ones (as `plan` does)
+    names = parse_provider_names(providers or spec.providers, config.providers)
     phases = _Phases(quiet=False)
+    worst_attempt_s = options.boot_timeout_s + options.ready_timeout_s + options.verify_timeout_s
+    gate = Gate(config, spec, worst_attempt_s=worst_attempt_s, override_budget=override_budget)
+    try:
+        with State.open() as state:  # limits first: no offer search for a refused launch
+            gate.check_limits([d.id for d in state.list_deployments(live_only=True)])
+        plan = _plan(spec, task, names, providers, config, phases)
+        with State.open() as state:  # fail fast, warn and alert before taking the lock
+            admission = gate.admit(state, plan.feasible[: options.max_attempts])
+            for line in [*gate.warnings(admission),
+                         *check_budget(state, config, admission.spend.spend_usd)]:
+                phases.err.print(line, markup=False)
+    except Refusal as refusal:
+        _refused(gate, config, refusal)
+        raise
+    options.hf_token = options.hf_token or env_secret("HF_TOKEN")
+    tried = plan.feasible[: options.max_attempts]  # the second admission picks among these
+    instances = {c.offer.provider: get_provider(c.offer.provider) for c in tried}
+    previous = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    try:
+        with gate.locked_state() as state:
+            # Again under the lock: another `up` may have spent the money meanwhile.
+            gate.admission = gate.admit(state, tried)
+            result = Launcher(state, instances, options=options, progress=phases).up(
+                spec, gate.admission.candidates
+            )
+    except Refusal as refusal:
+        _refused(gate, config, refusal)
+        raise
+    except DeployctlError:
+        _settle()  # every attempt failed: their instances billed too
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _show_up(result, spec.keep_alive_s, spec.ttl_s, time.monotonic() - phases.started,
+             as_json=as_json, show_key=show_key)
+
+
+def _plan(spec, task: str, names, providers, config, phases: _Phases):
     phases("searching", f"offers from {', '.join(names)}")
     query = OfferQuery(spot=spec.spot, regions=spec.regions, max_gpu_count=spec.max_gpu_count)
     search = find_offers(
-        names, query, catalog_dir=None, deadline_s=settings.offer_deadline_s,
+        names, query, catalog_dir=None, deadline_s=config.offer_deadline_s,
         requested_by_name=bool(providers),
     )
     for warning in search.warnings:
@@ -70,18 +112,30 @@ def up_command(
             f"no offer fits {spec.name}: {len(plan.candidates)} offers considered",
             hint=f"run `deployctl plan {task} --explain` to see why",
         )
-    options.hf_token = options.hf_token or os.environ.get("HF_TOKEN")
-    instances = {c.offer.provider: get_provider(c.offer.provider) for c in plan.feasible}
-    previous = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    return plan
+
+
+def _settle() -> None:
+    from .ledger import settle
+
     try:
         with State.open() as state:
-            result = Launcher(state, instances, options=options, progress=phases).up(
-                spec, plan.feasible
-            )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    _show_up(result, spec.keep_alive_s, spec.ttl_s, time.monotonic() - phases.started,
-             as_json=as_json, show_key=show_key)
+            settle(state)
+    except DeployctlError:
+        pass  # `cost` and `status` settle it later
+
+
+def _refused(gate, config, refusal) -> None:
+    """Record a refusal in the ledger and alert (once a month per rule); never raises."""
+    err = console(stderr=True)
+    try:
+        with State.open() as state:
+            gate.record_refusal(state, refusal)
+            line = notify(state, config, "refusal", refusal.rule, refusal.message)
+    except DeployctlError as exc:
+        line = f"warning: the refusal could not be recorded ({exc})"
+    if line:
+        err.print(line, markup=False)
 
 
 def _show_up(result: UpResult, keep_alive_s: int, ttl_s: int, total_s: float, *,
@@ -143,8 +197,10 @@ def status_command(*, show_all: bool, as_json: bool) -> None:
         for dep in state.list_deployments(live_only=not show_all):
             dep, counters = refresh(state, dep)
             rows.append(_row(dep, counters))
+        _money_checks(state)
+        sessions = _scheduled_sessions(state)
     if as_json:
-        print_json({"schema_version": 1, "deployments": rows})
+        print_json({"schema_version": 1, "deployments": rows, "sessions": sessions})
         return
     from .render import table
 
@@ -158,6 +214,32 @@ def status_command(*, show_all: bool, as_json: bool) -> None:
                   f"{r['cost_usd']:.4f}", r["end_reason"] or "")
     out = console()
     out.print(t if rows else "no deployments (use --all to include ended ones)")
+    if sessions:
+        from .schedule_commands import show_sessions
+
+        show_sessions(sessions)
+
+
+def _scheduled_sessions(state: State) -> list[dict[str, Any]]:
+    """Upcoming and ongoing scheduled sessions (schedule_commands owns their shape)."""
+    from .schedule_commands import session_rows
+
+    return session_rows(state)
+
+
+def _money_checks(state: State) -> None:
+    """Deployments past their ttl and the month's spend against the budget: warning lines
+    on stderr, and alerts (once a month each) to the configured webhook."""
+    from .guardrails import current_spend
+
+    config = load_config()
+    lines = check_ttl(state, config, state.list_deployments(live_only=True))
+    if config.budget.monthly_usd is not None:
+        lines += check_budget(state, config, current_spend(state, datetime.now(timezone.utc))
+                              .spend_usd)
+    err = console(stderr=True)
+    for line in lines:
+        err.print(line, markup=False)
 
 
 def down_command(*, refs: tuple[str, ...], everything: bool, as_json: bool) -> None:
@@ -193,6 +275,7 @@ def reap_command(*, dry_run: bool, providers, as_json: bool) -> None:
     names = list(parse_provider_names(providers, ())) or None
     with State.open() as state:
         report = reap(state, dry_run=dry_run, provider_names=names)
+        _money_checks(state)
     if as_json:
         print_json({"schema_version": 1, "dry_run": dry_run,
                     "orphans": [dict(zip(("provider", "instance_id", "why"), o, strict=True))

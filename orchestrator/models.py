@@ -89,6 +89,9 @@ ENGINE_QUANTS: dict[Engine, frozenset[Quant]] = {
 }
 
 
+RESERVED_ENV_PREFIXES = ("DEPLOYCTL_", "CONTAINER_", "VAST_", "RUNPOD_")
+
+
 def _duration(value: Any) -> int:
     return parse_duration_s(value)
 
@@ -107,8 +110,9 @@ class Adapter(StrictModel):
 class LatencyNeed(StrictModel):
     """What one request needs: decode speed and time to first token."""
 
-    min_decode_tok_s: float | None = Field(default=None, gt=0)
-    max_ttft_s: float | None = Field(default=None, gt=0)
+    # finite only: `.inf` or `--min-tps inf` is a bad input (exit 2), not a --json crash
+    min_decode_tok_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_ttft_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class LoadProfile(StrictModel):
@@ -134,7 +138,7 @@ class TaskSpec(StrictModel):
     load: LoadProfile = LoadProfile()
     keep_alive_s: DurationS = Field(default=900, alias="keep_alive")
     ttl_s: DurationS = Field(default=4 * 3600, alias="ttl")
-    max_price_per_hour_usd: float | None = Field(default=None, gt=0)
+    max_price_per_hour_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_gpu_count: int = Field(default=8, ge=1, le=16)
     providers: list[str] | None = None
     spot: bool | None = Field(
@@ -156,6 +160,12 @@ class TaskSpec(StrictModel):
                 or not all(c.isalnum() or c == "_" for c in key)
             ):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
+            # The guard reads these (its limits, its log dir, and where to send its own
+            # teardown with the instance-scoped key): a task file must not redirect them.
+            if key.upper().startswith(RESERVED_ENV_PREFIXES):
+                reserved = ", ".join(p + "*" for p in RESERVED_ENV_PREFIXES)
+                raise ValueError(f"{key!r} is reserved ({reserved} are set by deployctl "
+                                 "and the provider)")
         return env
 
     @model_validator(mode="after")
@@ -321,10 +331,19 @@ class Deployment(VendorModel):
         return f"deployctl-{self.id}"
 
 
+def _printable(name: str) -> str:
+    """A field name from a user's file, safe to print: control and format characters
+    (newlines, terminal escape sequences, bidi overrides) are shown escaped, and a blank
+    or space-padded name in quotes."""
+    if not name or name != name.strip():
+        return repr(name)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
+
+
 def validation_sentence(error: ValidationError, prefix: str = "") -> tuple[str, str]:
     """(field path, one sentence) for the first problem in a pydantic ValidationError."""
     first = error.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    loc = ".".join(_printable(str(p)) for p in first.get("loc", ()) if p != "__root__")
     field = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "input")
     message = first.get("msg", "is invalid")
     message = message.removeprefix("Value error, ")

@@ -6,6 +6,9 @@ One SQLite file (WAL, busy timeout 10 s, mode 0600) under the data dir:
 `BEGIN IMMEDIATE` transaction. The journal's intent row is written *before* a provider
 call and resolved after it: `reap` trusts it to tell live instances from leaks.
 
+The money tables (budget decisions, guard observations, alerts sent) are in
+`state_money.py`, mixed into `State`; the ledger's arithmetic is in `ledger.py`.
+
 Secrets never go into the database: endpoint keys live apart, one 0600 file per
 deployment under `<data dir>/keys/` (`save_key`, `load_key`, `delete_key`). Free text
 (reasons, details, event messages) is passed through `errors.redact` on the way in.
@@ -33,11 +36,14 @@ from typing import Any
 from .errors import BadInputError, DeployctlError, redact
 from .models import Attempt, Deployment, DeploymentStatus
 from .paths import data_dir, private_dir
+from .state_money import MONEY_SCHEMA, BudgetEvent, MoneyTables, Observation
 
 __all__ = [
     "Bill",
+    "BudgetEvent",
     "Event",
     "JournalEntry",
+    "Observation",
     "State",
     "data_dir",
     "delete_key",
@@ -91,6 +97,7 @@ MIGRATIONS: list[list[str]] = [
             completion_tokens INTEGER NOT NULL DEFAULT 0,
             cold_start_s REAL, idle_s REAL, closed_at TEXT NOT NULL)""",
     ],
+    MONEY_SCHEMA,  # 2: budget decisions, guard observations, alerts, failed instances
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -190,6 +197,19 @@ class Bill:
     cold_start_s: float | None
     idle_s: float | None
     closed_at: datetime
+    gpu_count: int = 1
+    failed_instances: int = 0  # instances of failed attempts: they billed too
+    failed_instances_s: float = 0.0
+    failed_instances_cost_usd: float = 0.0
+
+    @property
+    def gpu_s(self) -> float:
+        """GPU-seconds of the serving instance: billed seconds x GPU count."""
+        return self.billed_s * self.gpu_count
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 def _from_row(cls: type, row: sqlite3.Row) -> Any:
@@ -197,7 +217,7 @@ def _from_row(cls: type, row: sqlite3.Row) -> Any:
     return cls(**{k: _dt(v) if k == "at" or k.endswith("_at") else v for k, v in dict(row).items()})
 
 
-class State:
+class State(MoneyTables):
     """A connection to the state database; use as `with State.open() as state: ...`.
 
     Safe to share between threads of one process; each process opens its own.
@@ -549,10 +569,15 @@ class State:
         cold_start_s: float | None = None,
         idle_s: float | None = None,
         closed_at: datetime | None = None,
+        gpu_count: int = 1,
+        failed_instances: int = 0,
+        failed_instances_s: float = 0.0,
+        failed_instances_cost_usd: float = 0.0,
     ) -> Bill:
-        """Close the deployment's bill: cost_usd = price_per_hour_usd * billed_s / 3600, also
-        set on the deployment. Idempotent: a second call returns the first bill unchanged."""
-        cost_usd = round(price_per_hour_usd * billed_s / 3600.0, 6)
+        """Close the deployment's bill: cost_usd = price_per_hour_usd * billed_s / 3600 +
+        failed_instances_cost_usd (instances of failed attempts billed too), also set on the
+        deployment. Idempotent: a second call returns the first bill unchanged."""
+        cost_usd = round(price_per_hour_usd * billed_s / 3600.0 + failed_instances_cost_usd, 6)
         with self._tx() as db:
             cur = self._insert(
                 db, "ledger", "ON CONFLICT (deployment_id) DO NOTHING",
@@ -561,6 +586,9 @@ class State:
                 provider_cost_usd=provider_cost_usd, requests=requests,
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                 cold_start_s=cold_start_s, idle_s=idle_s, closed_at=closed_at or _now(),
+                gpu_count=gpu_count, failed_instances=failed_instances,
+                failed_instances_s=failed_instances_s,
+                failed_instances_cost_usd=failed_instances_cost_usd,
             )  # fmt: skip
             if cur.rowcount == 1:
                 sql = "UPDATE deployments SET cost_usd = ? WHERE id = ?"
@@ -577,6 +605,15 @@ class State:
         """Closed bills (closed at or after `since`), oldest first."""
         sql = "SELECT * FROM ledger WHERE closed_at >= ? ORDER BY closed_at"
         return [_from_row(Bill, r) for r in self._rows(sql, _ts(since) or "")]
+
+    def unbilled(self) -> list[Deployment]:
+        """Ended or failed deployments whose bill is not closed yet (a crash between the
+        two, or a launch whose every attempt failed: those instances billed too)."""
+        rows = self._rows(
+            "SELECT d.* FROM deployments d WHERE d.ended_at IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM ledger l WHERE l.deployment_id = d.id) ORDER BY d.created_at"
+        )
+        return [self._deployment(r) for r in rows]
 
 
 # -- endpoint keys: one 0600 file per deployment, never in the database ------------------

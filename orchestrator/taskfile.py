@@ -53,6 +53,8 @@ def load_task(name_or_path: str, overrides: dict[str, Any] | None = None) -> Tas
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise BadInputError("task", f"{label} is not valid YAML{where}") from None
+    except RecursionError:  # PyYAML recurses per nesting level: `[[[[...` thousands deep
+        raise BadInputError("task", f"{label} nests too deeply to be a task") from None
     if not isinstance(data, dict):
         raise BadInputError("task", f"{label} must be a YAML mapping of fields")
     for key, value in (overrides or {}).items():

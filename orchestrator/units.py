@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["GIB", "format_duration", "parse_duration_s"]
@@ -17,8 +18,8 @@ def parse_duration_s(value: str | int | float) -> int:
     """Seconds from `600`, `"600"`, `"10m"`, `"1h30m"`, `"2d"`; ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 90s, 10m, 3h or 1d")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
+    if isinstance(value, (int, float)):  # an int past float range (10**400) is just too long
+        seconds = float(value) if isinstance(value, float) or abs(value) < 10**300 else math.inf
     else:
         text = str(value).strip().lower()
         if re.fullmatch(r"\d+(\.\d+)?", text):
@@ -27,6 +28,8 @@ def parse_duration_s(value: str | int | float) -> int:
             seconds = sum(float(n) * _UNIT_S[u] for n, u in _PART_RE.findall(text))
         else:
             raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 10m, 3h or 1d")
+    if not math.isfinite(seconds):  # YAML `.inf`, 400 nines: a bad value, not a crash in round()
+        raise ValueError("a duration must be a finite number of seconds, e.g. 90s or 3h")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return round(seconds)

@@ -93,9 +93,15 @@ def canonical_gpu(
 
 
 def env_secret(name: str) -> str | None:
-    """A credential from the environment, stripped; None when unset or blank."""
+    """A credential from the environment, stripped; else from the user's private
+    credentials file (`orchestrator.credentials`, which refuses a file others can read);
+    None when neither has it."""
     value = os.environ.get(name, "").strip()
-    return value or None
+    if value:
+        return value
+    from orchestrator.credentials import stored_secret
+
+    return stored_secret(name)
 
 
 class HttpApi:

