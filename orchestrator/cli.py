@@ -13,8 +13,21 @@ import click
 
 QUANTS = ("fp16", "bf16", "fp8", "int8", "awq", "gptq", "q4_0", "q4_1", "q4_k_m", "q8_0", "f16")
 ENGINES = ("vllm", "tgi", "llamacpp")
-POSITIVE = click.FloatRange(min=0, min_open=True)
-COUNT = click.IntRange(min=1)
+
+
+class _Finite(click.FloatRange):
+    """A float range that also refuses nan (inf is outside every bounded range)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return number
+
+
+POSITIVE = _Finite(min=0, min_open=True, max=1e9)
+NON_NEGATIVE = _Finite(min=0, max=1e9)
+COUNT = click.IntRange(min=1, max=1_000_000)
 
 
 def _provider_option(f):
@@ -56,7 +69,7 @@ def cli(settings) -> None:
 
 @cli.command()
 @click.option("--gpu", "gpus", multiple=True, metavar="NAME", help="Only these GPUs (any alias).")
-@click.option("--min-vram", type=click.FloatRange(min=0), help="Minimum VRAM per GPU, GiB.")
+@click.option("--min-vram", type=NON_NEGATIVE, help="Minimum VRAM per GPU, GiB.")
 @click.option("--max-price", type=POSITIVE, help="Maximum price per hour, USD (whole offer).")
 @_provider_option
 @click.option("--spot/--on-demand", "spot", default=None, help="Only spot or only on-demand.")
@@ -126,6 +139,9 @@ def offers(
     help="GPU-seconds per request, for the per-second bill.",
 )
 @click.option("--explain", is_flag=True, help="Show every rejected offer and why.")
+@click.option("--traffic", metavar="TEXT",
+              help='Compare always-on, keep-alive and serverless for this traffic, e.g. '
+              '"3000 req/month, 8.5 s" or "100 req/day, 500 tok/req".')
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plan(
     task,
@@ -145,6 +161,7 @@ def plan(
     requests_per_month,
     gpu_seconds,
     explain,
+    traffic,
     as_json,
 ) -> None:
     """Size TASK (a built-in name or a YAML path) and pick the cheapest offer that serves it."""
@@ -171,6 +188,7 @@ def plan(
         gpu_seconds=gpu_seconds,
         explain=explain,
         as_json=as_json,
+        traffic=traffic,
     )
 
 
@@ -182,7 +200,7 @@ def plan(
 @click.option("--engine", type=click.Choice(ENGINES), help="Default: the task's, else vllm.")
 @click.option("--context", type=COUNT, help="Context length, tokens.")
 @click.option("--concurrency", type=COUNT, help="Concurrent requests.")
-@click.option("--price", type=click.FloatRange(min=0), help="Price per hour, USD, for costs.")
+@click.option("--price", type=NON_NEGATIVE, help="Price per hour, USD, for costs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def estimate(model, gpu, gpu_count, quant, engine, context, concurrency, price, as_json) -> None:
     """Size MODEL (task, repo or architecture name) on one GPU configuration; no offers."""
@@ -242,9 +260,14 @@ def gpus(as_json) -> None:
               help="Launch even if the monthly budget refuses it (recorded in the ledger).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--show-key", is_flag=True, help="Include the endpoint key in --json output.")
+@click.option("--serverless", is_flag=True,
+              help="RunPod Serverless endpoint (workers scale to zero) instead of a pod.")
+@click.option("--traffic", metavar="TEXT",
+              help='Expected traffic for the serverless budget projection, e.g. '
+              '"3000 req/month, 8.5 s" (default: one busy hour).')
 def up(task, providers, quant, engine, context, concurrency, min_tps, max_ttft, max_price, spot,
        regions, keep_alive, ttl, max_attempts, boot_timeout, ready_timeout, override_budget,
-       as_json, show_key) -> None:
+       as_json, show_key, serverless, traffic) -> None:
     """Rent the cheapest offer that serves TASK, wait until the model answers, print the
     endpoint and its key. Its guard destroys it when idle or too old. Limits and the
     monthly budget are checked first: a refusal exits 3 and creates nothing."""
@@ -266,6 +289,8 @@ def up(task, providers, quant, engine, context, concurrency, min_tps, max_ttft, 
         as_json=as_json,
         show_key=show_key,
         override_budget=override_budget,
+        serverless=serverless,
+        traffic=traffic,
     )
 
 

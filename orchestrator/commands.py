@@ -113,9 +113,14 @@ def plan_command(
     gpu_seconds,
     explain,
     as_json,
+    traffic: str | None = None,
 ) -> None:
     settings = load_settings()
     spec = load_task(task, overrides)
+    if traffic:  # parse before any network call: bad input exits 2 at once
+        from .traffic import parse_traffic
+
+        parse_traffic(traffic)
     find_model(spec.model, spec.arch)  # unknown architecture: exit 2 before any network call
     names = parse_provider_names(providers or spec.providers, settings.providers)
     query = OfferQuery(spot=spec.spot, regions=spec.regions, max_gpu_count=spec.max_gpu_count)
@@ -137,16 +142,55 @@ def plan_command(
         if chosen
         else None
     )
+    report = _traffic_report(traffic, spec, result) if traffic and chosen else None
     if as_json:
-        print_json(plan_json(result, search, bills, top=top, explain=explain))
+        doc = plan_json(result, search, bills, top=top, explain=explain)
+        if report is not None:
+            doc["traffic"] = report.as_json()
+        print_json(doc)
     else:
         show_warnings(console(stderr=True), search)
         show_plan(console(), result, bills, top=top, explain=explain)
+        if report is not None:
+            _show_traffic(report)
     if chosen is None:
         raise NoOfferFitsError(
             f"no offer fits {spec.name}: {len(result.candidates)} offers considered",
             nearest=[candidate_json(c) for c in result.nearest_misses()],
         )
+
+
+def _traffic_report(traffic: str, spec: TaskSpec, result):
+    from .traffic import compare, parse_traffic
+
+    return compare(parse_traffic(traffic), result.feasible, keep_alive_s=spec.keep_alive_s)
+
+
+def _show_traffic(report) -> None:
+    from .render import table
+    from .units import format_duration
+
+    t = report.traffic
+    size = (f"{t.gpu_s_per_request:g} s" if t.gpu_s_per_request is not None
+            else f"{t.tokens_per_request} tok")
+    out = console()
+    out.print(f"\n[bold]Which mode is cheaper[/] for {t.requests_per_month:,.0f} requests a "
+              f"month ({t.requests_per_day:,.1f} a day), {size} each:")
+    tab = table("mode", "provider", "GPU", "price", "keep-alive", "$/month", "$/1000 req",
+                "cold starts/day")
+    for r in report.rows:
+        keep = format_duration(r["keep_alive_s"]) if r["keep_alive_s"] is not None else "-"
+        tab.add_row(r["mode"], r["provider"], r["gpu"], r["price"], keep,
+                    f"{r['monthly_usd']:,.2f}" + (" (over capacity)" if r["over_capacity"]
+                                                 else ""),
+                    f"{r['usd_per_1000_requests']:,.3f}", f"{r['cold_starts_per_day']:g}")
+    out.print(tab)
+    for flip in report.break_even:
+        out.print(f"break-even at {flip['requests_per_month']:,.0f} req/month "
+                  f"({flip['requests_per_day']:,.1f}/day): below it {flip['below']}, above it "
+                  f"{flip['above']}")
+    for note in report.notes:
+        out.print(f"[dim]note: {note}[/]")
 
 
 def _estimate_task(model: str, quant: str | None, engine: str | None, context, concurrency):

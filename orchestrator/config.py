@@ -54,6 +54,7 @@ KEYS: dict[str, str] = {
     "limits.max_deployments": "a whole number >= 1, or none for no limit",
     "limits.max_price_per_hour": "an amount > 0 in budget.currency, or none",
     "limits.max_ttl": "a duration > 0 (e.g. 12h, 90m), or none to allow no ttl at all",
+    "limits.max_workers": "a whole number >= 1: workersMax of a serverless endpoint",
     "alerts.webhook_url": "an http(s) URL taking Slack-style {\"text\": ...} posts, or none",
     "alerts.timeout_s": "a number of seconds > 0 and <= 30",
 }
@@ -130,6 +131,7 @@ class Limits(_Section):
     max_price_per_hour: OptionalFloat = Field(default=None, gt=0)
     # seconds; None only when the config says `max_ttl: none` explicitly
     max_ttl: Annotated[int | None, BeforeValidator(_max_ttl)] = DEFAULT_MAX_TTL_S
+    max_workers: int = Field(default=1, ge=1)  # serverless workersMax
 
 
 class Alerts(_Section):

@@ -252,15 +252,18 @@ class Launcher:
                 if probe.phase == "first token":
                     timings.setdefault("loading model", time.monotonic() - t2)
 
-            wait_ready(
-                running.endpoint_url or "",
-                key,
-                spec.model_name,
-                timeout_s=self.options.ready_timeout_s,
-                poll_s=self.options.poll_s,
-                on_phase=on_phase,
-                still_running=lambda: _still_running(provider, iid),
-            )
+            if getattr(provider, "guarded", True):
+                wait_ready(
+                    running.endpoint_url or "",
+                    key,
+                    spec.model_name,
+                    timeout_s=self.options.ready_timeout_s,
+                    poll_s=self.options.poll_s,
+                    on_phase=on_phase,
+                    still_running=lambda: _still_running(provider, iid),
+                )
+            else:  # a managed endpoint (no guard): the platform's own auth and readiness
+                self._wait_platform_ready(provider, running)
             timings["first token"] = time.monotonic() - t2 - timings.get("loading model", 0.0)
         except (NotReadyError, ProviderError) as exc:
             self.progress("failed", str(exc))
@@ -278,7 +281,27 @@ class Launcher:
         self.state.add_event(dep.id, "ready", running.endpoint_url or "")
         self._live = None
         self.progress("ready", running.endpoint_url or "")
-        return UpResult(dep, running, key, offer.price_per_hour_usd, actual, timings)
+        guarded = getattr(provider, "guarded", True)
+        if not guarded:  # no guard checks this key: the endpoint takes the platform's own
+            delete_key(dep.id)
+        return UpResult(
+            dep, running, key if guarded else "", offer.price_per_hour_usd, actual, timings
+        )
+
+    def _wait_platform_ready(self, provider, instance: Instance) -> None:
+        """Poll `provider.ready(instance)` (a one-token completion with the platform's own
+        credential) until it answers, within the ready timeout."""
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        delay = min(0.1, self.options.poll_s)
+        while not provider.ready(instance):
+            if not _still_running(provider, instance.instance_id):
+                raise NotReadyError("loading model", "the endpoint stopped while loading")
+            if time.monotonic() >= deadline:
+                raise NotReadyError(
+                    "loading model", f"not ready after {self.options.ready_timeout_s:g} s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.options.poll_s)
 
     def _spec(self, provider, task: TaskSpec, offer: Offer, key: str) -> ContainerSpec:
         command_for = getattr(provider, "engine_command", None)

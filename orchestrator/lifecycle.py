@@ -120,9 +120,17 @@ def refresh(state: State, dep: Deployment) -> tuple[Deployment, GuardStatus | No
                 destroy_and_verify(state, provider, dep.id, dep.instance_id)
         close_deployment(state, dep, "instance gone (preempted, or ended by its guard)")
         return state.get_deployment(dep.id) or dep, None
+    if not getattr(provider, "guarded", True) and _past_ttl(dep):
+        # No guard inside a managed endpoint: deployctl itself enforces the ttl.
+        return down(state, dep, reason="ttl reached (deleted by deployctl)"), None
     counters = guard_status(dep)
     _observe(state, dep, instance, counters)
     return dep, counters
+
+
+def _past_ttl(dep: Deployment) -> bool:
+    start = dep.ready_at or dep.created_at
+    return bool(dep.ttl_s) and (_now() - start).total_seconds() >= dep.ttl_s
 
 
 def down(state: State, dep: Deployment, *, reason: str = "down") -> Deployment:

@@ -51,8 +51,15 @@ def _sigterm_to_exit(signum: int, frame: Any) -> None:
 
 def up_command(
     *, task: str, overrides: dict[str, Any], providers, options: LaunchOptions, as_json: bool,
-    show_key: bool, override_budget: bool = False,
+    show_key: bool, override_budget: bool = False, serverless: bool = False,
+    traffic: str | None = None,
 ) -> None:
+    if serverless:  # RunPod Serverless: a template + endpoint, no pod, no guard
+        from .serverless import serverless_up
+
+        serverless_up(task=task, overrides=overrides, providers=providers, options=options,
+                      as_json=as_json, override_budget=override_budget, traffic=traffic)
+        return
     from .guardrails import Gate, Refusal
 
     config = load_config()
@@ -160,19 +167,28 @@ def _show_up(result: UpResult, keep_alive_s: int, ttl_s: int, total_s: float, *,
     out.print(f"[bold green]Ready[/] in {total_s:.1f} s: {dep.task_name} on {dep.provider} "
               f"{dep.gpu} (deployment {dep.id}, instance {inst.instance_id})")
     out.print(f"Endpoint: {base}/v1")
-    out.print(f"Key:      {result.key}")
+    if result.key:
+        out.print(f"Key:      {result.key}")
+    else:  # a managed endpoint without a guard takes the platform's own token
+        out.print("Key:      the platform's own token (e.g. Authorization: Bearer $HF_TOKEN)")
     import json
 
     body = json.dumps(
         {"model": dep.model_name, "messages": [{"role": "user", "content": "Hello"}]}
     )
+    bearer = result.key or "$HF_TOKEN"
     out.print(f"Try:      curl -s {base}/v1/chat/completions -H 'Authorization: Bearer "
-              f"{result.key}' -H 'Content-Type: application/json' -d '{body}'", soft_wrap=True)
+              f"{bearer}' -H 'Content-Type: application/json' -d '{body}'", soft_wrap=True)
     out.print(f"Price:    quoted ${result.quoted_price_per_hour_usd:.3f}/h, "
               f"actual ${result.actual_price_per_hour_usd:.3f}/h")
-    out.print(f"Ends:     after {format_duration(keep_alive_s)} idle or at "
-              f"{format_duration(ttl_s)} (ttl): its guard destroys it even if this machine is "
-              f"off; `deployctl down {dep.id}` ends it now.")
+    if result.key:
+        out.print(f"Ends:     after {format_duration(keep_alive_s)} idle or at "
+                  f"{format_duration(ttl_s)} (ttl): its guard destroys it even if this machine "
+                  f"is off; `deployctl down {dep.id}` ends it now.")
+    else:
+        out.print(f"Ends:     scales to zero after {format_duration(keep_alive_s)} idle; it is "
+                  f"deleted at {format_duration(ttl_s)} (ttl) by `deployctl reap` or "
+                  f"`status` — run one from cron; `deployctl down {dep.id}` ends it now.")
 
 
 def _row(dep, counters) -> dict[str, Any]:

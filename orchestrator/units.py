@@ -8,6 +8,7 @@ import re
 __all__ = ["GIB", "format_duration", "parse_duration_s"]
 
 GIB = 1024**3
+MAX_DURATION_S = 10 * 365 * 86400
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*([smhd]))+\s*$")
 _PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
@@ -30,6 +31,8 @@ def parse_duration_s(value: str | int | float) -> int:
             raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 10m, 3h or 1d")
     if not math.isfinite(seconds):  # YAML `.inf`, 400 nines: a bad value, not a crash in round()
         raise ValueError("a duration must be a finite number of seconds, e.g. 90s or 3h")
+    if seconds > MAX_DURATION_S:
+        raise ValueError("a duration must be at most 10 years")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return round(seconds)

@@ -17,6 +17,8 @@ PROVIDERS: dict[str, str] = {
     "runpod": "providers.runpod:RunPodProvider",
     "skypilot": "providers.skypilot:SkyPilotProvider",
     "local": "providers.local:LocalProvider",
+    "runpod-serverless": "providers.runpod_serverless:RunPodServerlessProvider",
+    "hf": "providers.hf_endpoints:HfEndpointsProvider",
 }
 
 

@@ -114,7 +114,26 @@ def _skypilot(monkeypatch) -> Iterator[Case]:
     yield Case(provider, sky_tests.offer(), sky_tests.GOLDEN_SPEC, boot=boot, serves_http=False)
 
 
-BUILDERS = {"vast": _vast, "runpod": _runpod, "local": _local, "skypilot": _skypilot}
+@contextlib.contextmanager
+def _hf(monkeypatch) -> Iterator[Case]:
+    """Inference Endpoints: no guard (the platform checks the HF token), so the HTTP half
+    of the contract is tests/contract/test_hf_endpoints.py's."""
+    pytest.importorskip("huggingface_hub")
+    from providers.hf_endpoints import HfEndpointsProvider
+    from tests.fakes.hf_api import DEFAULT_HF_TOKEN, serve_hf
+
+    with serve_hf() as (api, url):
+        monkeypatch.setenv("HF_ENDPOINTS_API_URL", f"{url}/v2")
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_TOKEN", DEFAULT_HF_TOKEN)
+        provider = HfEndpointsProvider(policy=FAST, max_replica=1)
+        offer = min(provider.list_offers(OfferQuery(spot=False, max_gpu_count=1)),
+                    key=lambda o: o.price_per_hour_usd)
+        yield Case(provider, offer, _spec("qwen2.5-7b", "none"), serves_http=False)
+    assert api.endpoints == {}  # nothing left billing
+
+
+BUILDERS = {"vast": _vast, "runpod": _runpod, "local": _local, "skypilot": _skypilot, "hf": _hf}
 
 
 @pytest.fixture(params=list(BUILDERS))

@@ -151,13 +151,34 @@ def _fake_nvidia_smi(bin_dir: Path, output: str, exit_code: int = 0) -> None:
     script.chmod(0o755)
 
 
+@contextmanager
+def _case_hf(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractCase]:
+    """Inference Endpoints' catalog (GET /v2/provider) on its fake; no spot market."""
+    pytest.importorskip("huggingface_hub")
+    from providers.hf_endpoints import HfEndpointsProvider
+    from tests.fakes.hf_api import DEFAULT_HF_TOKEN, serve_hf
+
+    with serve_hf() as (api, url):
+        monkeypatch.setenv("HF_ENDPOINTS_API_URL", f"{url}/v2")
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_TOKEN", DEFAULT_HF_TOKEN)
+
+        def make(**kwargs: Any) -> HfEndpointsProvider:
+            return HfEndpointsProvider(policy=FAST_POLICY, **kwargs)
+
+        yield ContractCase("hf", make, ("HF_TOKEN",), DEFAULT_HF_TOKEN, fake=api, has_spot=False)
+
+
 CASE_BUILDERS: dict[str, Callable[[pytest.MonkeyPatch], Any]] = {
     "vast": _case_vast,
     "runpod": _case_runpod,
     "skypilot": _case_skypilot,
     "local": _case_local,
+    "hf": _case_hf,
 }
-PROVIDER_PARAMS = [pytest.param(name, id=name) for name in ("vast", "runpod", "skypilot", "local")]
+PROVIDER_PARAMS = [
+    pytest.param(name, id=name) for name in ("vast", "runpod", "skypilot", "local", "hf")
+]
 
 
 @pytest.fixture(params=PROVIDER_PARAMS)

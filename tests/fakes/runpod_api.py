@@ -345,7 +345,18 @@ _TYPE_NAMES = {
     id(_RUNTIME_TYPE): "PodRuntime",
     id(_PORT_TYPE): "PodRuntimePorts",
 }
-_USER_TYPE: dict[str, Any] = {"pods": _POD_TYPE}  # the only User field this fake serves
+_USER_TYPE: dict[str, Any] = {"pods": _POD_TYPE}
+# Serverless endpoints and templates: an account without any here (every `reap` asks);
+# tests/fakes/runpod_serverless_api.py serves real ones.
+_USER_TYPE["endpoints"] = dict.fromkeys(_words("""id name templateId gpuIds gpuCount workersMin
+    workersMax idleTimeout executionTimeoutMs scalerType scalerValue flashBootType locations
+    networkVolumeId type computeType instanceIds userId allowedCudaVersions __typename"""))
+_USER_TYPE["podTemplates"] = {
+    **dict.fromkeys(_words("""id name imageName isServerless containerDiskInGb volumeInGb
+    volumeMountPath dockerArgs ports readme startSsh startJupyter isPublic category
+    containerRegistryAuthId advancedStart boundEndpointId __typename""")),
+    "env": dict.fromkeys(("key", "value")),
+}
 
 # Input types (runpod schema): the fields each accepts.
 _DEPLOY_FIELDS = set(
@@ -596,7 +607,8 @@ class FakeRunPodApi(FakeApi):
         if name == "myself":
             return _data(
                 "myself",
-                _project({"pods": [self.pod(i) for i in self.fleet.live()]}, root.children),
+                _project({"pods": [self.pod(i) for i in self.fleet.live()], "endpoints": [],
+                          "podTemplates": []}, root.children),
             )
         if not isinstance(pod_input, dict):
             return _graphql_error(
