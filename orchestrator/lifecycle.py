@@ -220,6 +220,11 @@ def reap(state: State, *, dry_run: bool, provider_names: list[str] | None = None
             if dep.instance_id is None and not _owner_alive(state, dep.id):
                 close_deployment(state, dep, "launcher died before renting")
                 report.ended.append(dep.id)
+        # Intents of launchers that died mid-call: whatever they created was listed and
+        # destroyed above, so the journal can say the call failed.
+        for entry in state.open_intents():
+            if not entry.owner_alive:
+                state.journal_failed(entry.id, "its launcher died; reaped")
     return report
 
 

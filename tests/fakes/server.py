@@ -12,22 +12,48 @@ base class records every request and owns the fault switches that tests flip:
 
 Faults apply before authentication, like a load balancer or rate limiter in front of the
 real API. Nothing here talks to the network beyond loopback.
+
+Two more switches for fault campaigns (tests/faults, bench/fault_trials.py):
+
+    api.fail_randomly(0.2, seed=7)   # 20 % of requests fail, kind drawn from FAULT_KINDS:
+                                     # 500/502/503/429, "timeout" (held past the client's
+                                     # deadline), "drop" (connection closed, no answer)
+    api.injected                     # [(method, path, kind, handled)] of each fault so far
+    api.intercept = fn               # fn(request) runs first, in the server thread; it
+                                     # may return "drop" to close without handling
+
+A timed-out or dropped request is sometimes handled all the same before the client is
+left without an answer (`handled` True: a rent that created an instance whose id the
+client never saw), as a real API behind a load balancer does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeApi", "FakeResponse", "FakeServer", "RecordedRequest", "bearer_token"]
+__all__ = [
+    "FAULT_KINDS",
+    "FakeApi",
+    "FakeResponse",
+    "FakeServer",
+    "RecordedRequest",
+    "bearer_token",
+]
+
+# What `fail_randomly` draws from, equally likely: server errors, a rate limit, a request
+# held past the client's deadline, a connection closed without an answer.
+FAULT_KINDS = ("500", "502", "503", "429", "timeout", "drop")
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,12 @@ class FakeApi:
         self.latency_s = 0.0
         self._failures: list[int] = []  # status codes for the next requests, in order
         self._drops = 0
+        self._fault_rate = 0.0
+        self._fault_rng = random.Random(0)
+        self._fault_kinds: tuple[str, ...] = FAULT_KINDS
+        self.timeout_hold_s = 2.0  # how long a "timeout" fault holds the request
+        self.injected: list[tuple[str, str, str, bool]] = []  # (method, path, kind, handled)
+        self.intercept: Callable[[RecordedRequest], str | None] | None = None
 
     # -- fault switches -------------------------------------------------------------
     def fail_next(self, count: int, status: int = 500) -> None:
@@ -81,30 +113,79 @@ class FakeApi:
         with self.lock:
             self._drops += count
 
+    def fail_randomly(
+        self,
+        rate: float,
+        *,
+        seed: int | str,
+        kinds: tuple[str, ...] = FAULT_KINDS,
+        timeout_hold_s: float | None = None,
+    ) -> None:
+        """From now on a fraction `rate` of requests fail (seeded, so a campaign can be
+        replayed), each with a kind drawn from `kinds`. A "timeout" holds the request for
+        `timeout_hold_s` (set it above the client's deadline), then closes the connection;
+        it and a "drop" are handled first half of the time (the answer is lost)."""
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"fail_randomly: rate {rate} or kinds {sorted(unknown)}")
+        with self.lock:
+            self._fault_rate = rate
+            self._fault_rng = random.Random(seed)
+            self._fault_kinds = tuple(kinds)
+            if timeout_hold_s is not None:
+                self.timeout_hold_s = timeout_hold_s
+
     def reset_faults(self) -> None:
         with self.lock:
             self._failures.clear()
             self._drops = 0
             self.latency_s = 0.0
+            self._fault_rate = 0.0
 
     # -- dispatch ---------------------------------------------------------------------
     def dispatch(self, request: RecordedRequest) -> FakeResponse | None:
         """Record, apply faults, then `handle`. None means: drop the connection."""
         with self.lock:
             self.calls.append(request)
+        intercept = self.intercept
+        if intercept is not None and intercept(request) == "drop":
+            return None
+        with self.lock:
             latency_s = self.latency_s
             drop = self._drops > 0
             if drop:
                 self._drops -= 1
             failure = None if drop or not self._failures else self._failures.pop(0)
+            random_fault = None
+            if not drop and failure is None and self._fault_rate > 0:
+                rng = self._fault_rng
+                if rng.random() < self._fault_rate:
+                    kind = rng.choice(self._fault_kinds)
+                    random_fault = (kind, kind in ("timeout", "drop") and rng.random() < 0.5)
         if latency_s:
             time.sleep(latency_s)
         if drop:
             return None
         if failure is not None:
             return self.fault_response(failure)
+        if random_fault is not None:
+            return self._random_fault(request, *random_fault)
         with self.lock:
             return self.handle(request)
+
+    def _random_fault(
+        self, request: RecordedRequest, kind: str, handled: bool
+    ) -> FakeResponse | None:
+        with self.lock:
+            self.injected.append((request.method, request.path, kind, handled))
+        if kind not in ("timeout", "drop"):
+            return self.fault_response(int(kind))
+        if handled:
+            with self.lock:
+                self.handle(request)  # the work is done; the answer never arrives
+        if kind == "timeout":
+            time.sleep(self.timeout_hold_s)
+        return None
 
     def fault_response(self, status: int) -> FakeResponse:
         if status == 429:
