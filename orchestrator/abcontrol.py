@@ -4,12 +4,12 @@ alive, waiting on threads without deafening the main thread to signals."""
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 import time
 from typing import Any
 
 from .abreport import Side
+from .launcher import signals_shielded
 from .loadgen import Target
 
 __all__ = ["Cancellable", "Keeper", "RigCancelled", "join_threads", "signals_ignored"]
@@ -127,14 +127,5 @@ def join_threads(threads: list[threading.Thread], *, deadline: float | None = No
     return True
 
 
-@contextlib.contextmanager
-def signals_ignored():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+# One shield for every cleanup path: the launcher's.
+signals_ignored = signals_shielded

@@ -43,7 +43,7 @@ from .models import (
 from .planner import Candidate
 from .state import State, delete_key, save_key
 
-__all__ = ["LaunchOptions", "Launcher", "UpResult", "destroy_and_verify"]
+__all__ = ["LaunchOptions", "Launcher", "UpResult", "destroy_and_verify", "signals_shielded"]
 
 LABEL_PREFIX = "deployctl-"
 
@@ -87,7 +87,7 @@ def destroy_and_verify(
     """Terminate `instance_id`, then prove it is gone: get() is None/gone and the
     provider's listing no longer shows it. Journaled before the call; raises if unproven."""
     jid = state.journal_intent(deployment_id, "terminate", provider.name, instance_id=instance_id)
-    with _shielded():
+    with signals_shielded():
         try:
             provider.terminate(instance_id)
         except ProviderError as exc:
@@ -113,7 +113,7 @@ def destroy_and_verify(
 
 
 @contextlib.contextmanager
-def _shielded() -> Iterator[None]:
+def signals_shielded() -> Iterator[None]:
     """Ignore Ctrl-C and SIGTERM while cleaning up (a second Ctrl-C must not leak)."""
     if threading.current_thread() is not threading.main_thread():
         yield
