@@ -618,9 +618,29 @@ def test_malformed_requests_get_4xx_or_a_closed_socket(start_guard):
 
 def test_connection_cap_answers_503(start_guard):
     g = start_guard("--max-connections", 3)
-    idle = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(3)]
-    time.sleep(0.3)
+    idle: list[socket.socket] = []
+
+    def hold_three_slots() -> bool:
+        """Open silent connections until three hold a slot. The thread of an earlier
+        health probe may still hold one for a moment; a connection refused meanwhile
+        is answered 503 at once and is replaced."""
+        while len(idle) < 3:
+            idle.append(socket.create_connection(("127.0.0.1", g.port)))
+        time.sleep(0.3)
+        for sock in list(idle):
+            sock.setblocking(False)
+            try:
+                sock.recv(1)  # answered (503) or closed: it holds no slot
+            except BlockingIOError:
+                continue  # silent: it holds a slot
+            except OSError:
+                pass
+            idle.remove(sock)
+            sock.close()
+        return len(idle) == 3
+
     try:
+        wait_for(hold_three_slots, 5)
         assert raw_exchange(g.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n") == 503
     finally:
         for sock in idle:
