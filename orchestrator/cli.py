@@ -6,6 +6,7 @@ Heavy imports (pydantic models, rich, providers) happen inside the commands, so 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -47,6 +48,41 @@ def _catalog_option(f):
         type=click.Path(exists=True),
         help="Read SkyPilot-format price catalog CSVs from DIR instead of live APIs.",
     )(f)
+
+
+# The flags that override a task field, shared by `plan` and `up`: option -> task field.
+_TASK_FLAGS = {
+    "quant": "quant", "engine": "engine", "context": "context_tokens",
+    "concurrency": "concurrency", "min_tps": "latency.min_decode_tok_s",
+    "max_ttft": "latency.max_ttft_s", "max_price": "max_price_per_hour_usd", "spot": "spot",
+    "regions": "regions",
+}  # fmt: skip
+
+
+def _task_options(f):
+    """Add the task-override flags; the command gets them as one `overrides` dict."""
+
+    @functools.wraps(f)
+    def command(**kwargs):
+        overrides = {field: kwargs.pop(flag) for flag, field in _TASK_FLAGS.items()}
+        overrides["regions"] = list(overrides["regions"]) or None
+        return f(overrides=overrides, **kwargs)
+
+    options = [
+        click.option("--quant", type=click.Choice(QUANTS), help="Override the quantization."),
+        click.option("--engine", type=click.Choice(ENGINES), help="Override the task's engine."),
+        click.option("--context", type=COUNT, help="Context length, tokens."),
+        click.option("--concurrency", type=COUNT, help="Concurrent requests to plan for."),
+        click.option("--min-tps", type=POSITIVE, help="Minimum decode tokens/s per request."),
+        click.option("--max-ttft", type=POSITIVE, help="Maximum time to first token, seconds."),
+        click.option("--max-price", type=POSITIVE, help="Maximum price per hour, USD."),
+        click.option("--spot/--on-demand", "spot", default=None,
+                     help="Only spot or only on-demand."),
+        click.option("--region", "regions", multiple=True, help="Region (substring)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,16 +148,8 @@ def offers(
 
 @cli.command()
 @click.argument("task")
-@click.option("--quant", type=click.Choice(QUANTS), help="Override the task's quantization.")
-@click.option("--engine", type=click.Choice(ENGINES), help="Override the task's engine.")
-@click.option("--context", type=COUNT, help="Context length, tokens.")
-@click.option("--concurrency", type=COUNT, help="Concurrent requests to plan for.")
-@click.option("--min-tps", type=POSITIVE, help="Minimum decode tokens/s per request.")
-@click.option("--max-ttft", type=POSITIVE, help="Maximum time to first token, seconds.")
-@click.option("--max-price", type=POSITIVE, help="Maximum price per hour, USD.")
+@_task_options
 @_provider_option
-@click.option("--spot/--on-demand", "spot", default=None, help="Only spot or only on-demand.")
-@click.option("--region", "regions", multiple=True, help="Region (substring).")
 @_catalog_option
 @click.option(
     "--sort",
@@ -145,16 +173,8 @@ def offers(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plan(
     task,
-    quant,
-    engine,
-    context,
-    concurrency,
-    min_tps,
-    max_ttft,
-    max_price,
+    overrides,
     providers,
-    spot,
-    regions,
     catalog_dir,
     sort,
     top,
@@ -169,17 +189,7 @@ def plan(
 
     commands.plan_command(
         task=task,
-        overrides={
-            "quant": quant,
-            "engine": engine,
-            "context_tokens": context,
-            "concurrency": concurrency,
-            "latency.min_decode_tok_s": min_tps,
-            "latency.max_ttft_s": max_ttft,
-            "max_price_per_hour_usd": max_price,
-            "spot": spot,
-            "regions": list(regions) or None,
-        },
+        overrides=overrides,
         providers=providers,
         catalog_dir=catalog_dir,
         sort=sort,
@@ -240,15 +250,7 @@ def gpus(as_json) -> None:
 @cli.command()
 @click.argument("task")
 @_provider_option
-@click.option("--quant", type=click.Choice(QUANTS), help="Override the task's quantization.")
-@click.option("--engine", type=click.Choice(ENGINES), help="Override the task's engine.")
-@click.option("--context", type=COUNT, help="Context length, tokens.")
-@click.option("--concurrency", type=COUNT, help="Concurrent requests to plan for.")
-@click.option("--min-tps", type=POSITIVE, help="Minimum decode tokens/s per request.")
-@click.option("--max-ttft", type=POSITIVE, help="Maximum time to first token, seconds.")
-@click.option("--max-price", type=POSITIVE, help="Maximum price per hour, USD.")
-@click.option("--spot/--on-demand", "spot", default=None, help="Only spot or only on-demand.")
-@click.option("--region", "regions", multiple=True, help="Region (substring).")
+@_task_options
 @click.option("--keep-alive", metavar="DURATION", help="Idle time before it is destroyed.")
 @click.option("--ttl", metavar="DURATION", help="Hard lifetime (e.g. 4h).")
 @click.option("--max-attempts", type=COUNT, default=5, show_default=True)
@@ -265,9 +267,8 @@ def gpus(as_json) -> None:
 @click.option("--traffic", metavar="TEXT",
               help='Expected traffic for the serverless budget projection, e.g. '
               '"3000 req/month, 8.5 s" (default: one busy hour).')
-def up(task, providers, quant, engine, context, concurrency, min_tps, max_ttft, max_price, spot,
-       regions, keep_alive, ttl, max_attempts, boot_timeout, ready_timeout, override_budget,
-       as_json, show_key, serverless, traffic) -> None:
+def up(task, providers, overrides, keep_alive, ttl, max_attempts, boot_timeout, ready_timeout,
+       override_budget, as_json, show_key, serverless, traffic) -> None:
     """Rent the cheapest offer that serves TASK, wait until the model answers, print the
     endpoint and its key. Its guard destroys it when idle or too old. Limits and the
     monthly budget are checked first: a refusal exits 3 and creates nothing."""
@@ -276,12 +277,7 @@ def up(task, providers, quant, engine, context, concurrency, min_tps, max_ttft, 
 
     lifecycle_commands.up_command(
         task=task,
-        overrides={
-            "quant": quant, "engine": engine, "context_tokens": context,
-            "concurrency": concurrency, "latency.min_decode_tok_s": min_tps,
-            "latency.max_ttft_s": max_ttft, "max_price_per_hour_usd": max_price, "spot": spot,
-            "regions": list(regions) or None, "keep_alive": keep_alive, "ttl": ttl,
-        },
+        overrides={**overrides, "keep_alive": keep_alive, "ttl": ttl},
         providers=providers,
         options=LaunchOptions(
             max_attempts=max_attempts, boot_timeout_s=boot_timeout, ready_timeout_s=ready_timeout

@@ -112,6 +112,16 @@ def destroy_and_verify(
             time.sleep(poll_s)
 
 
+def deployment_id_of(instance: Instance) -> str | None:
+    """The deployment an instance belongs to, from its labels or its `deployctl-` name."""
+    name = instance.labels.get("deployctl") or ""
+    if name:
+        return name
+    iid = instance.instance_id
+    label = instance.raw.get("label") or instance.raw.get("name") or iid
+    return label[len(LABEL_PREFIX) :] if str(label).startswith(LABEL_PREFIX) else None
+
+
 @contextlib.contextmanager
 def signals_shielded() -> Iterator[None]:
     """Ignore Ctrl-C and SIGTERM while cleaning up (a second Ctrl-C must not leak)."""
@@ -142,6 +152,7 @@ class Launcher:
         self.options = options or LaunchOptions()
         self.progress = progress or (lambda phase, detail: None)
         self._live: tuple | None = None  # (provider, instance_id) created and not destroyed
+        self._renting: tuple | None = None  # (provider, journal id) while a rent call runs
 
     # ---------------------------------------------------------------- up
 
@@ -206,20 +217,26 @@ class Launcher:
             if not self._still_offered(provider, offer):
                 raise OfferUnavailableError(provider.name, "no longer offered at that price")
             spec = self._spec(provider, task, offer, key)
+            self._renting = (provider, jid)
             instance = provider.launch(offer, spec, name=dep.label, labels={"deployctl": dep.id})
+            self._renting = None
         except LaunchFailedError as exc:
+            self._renting = None
             self.state.journal_failed(jid, str(exc), exc.instance_id)
             if exc.instance_id:
                 self._live = (provider, exc.instance_id)
                 self._destroy(dep.id)
             return self._fail(dep.id, n, "failed", str(exc), exc.instance_id)
         except OfferUnavailableError as exc:
+            self._renting = None
             self.state.journal_failed(jid, str(exc))
             return self._fail(dep.id, n, "unavailable", str(exc))
         except CredentialsError as exc:
+            self._renting = None
             self.state.journal_failed(jid, str(exc))
             return self._fail(dep.id, n, "failed", f"credentials: {exc}")
         except ProviderError as exc:
+            self._renting = None
             self.state.journal_failed(jid, str(exc))
             return self._fail(dep.id, n, "failed", str(exc))
         iid = instance.instance_id
@@ -358,8 +375,31 @@ class Launcher:
         )
         self._live = None
 
+    def _find_interrupted_rent(self, dep_id: str) -> None:
+        """Interrupted inside a rent call (Ctrl-C, SIGTERM): the provider may have created
+        the instance without us hearing of it. Look for it by its label, a few times (a
+        new instance can take a moment to be listed), so that `_destroy` ends it."""
+        provider, jid = self._renting
+        self._renting = None
+        with signals_shielded():
+            for lookup in range(3):
+                if lookup:
+                    time.sleep(1.0)
+                try:
+                    found = [i.instance_id for i in provider.list_instances(LABEL_PREFIX)
+                             if deployment_id_of(i) == dep_id]  # fmt: skip
+                except ProviderError:
+                    continue
+                if found:
+                    self.state.journal_failed(jid, "interrupted during the rent", found[0])
+                    self._live = (provider, found[0])
+                    return
+            self.state.journal_failed(jid, "interrupted during the rent; nothing was listed")
+
     def _cleanup(self, dep_id: str, reason: str) -> None:
         try:
+            if self._live is None and self._renting is not None:
+                self._find_interrupted_rent(dep_id)
             self._destroy(dep_id)
         finally:
             self.state.mark_ended(dep_id, reason, status=DeploymentStatus.FAILED)

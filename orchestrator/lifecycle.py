@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from providers import PROVIDERS, get_provider
 
 from .errors import BadInputError, DeployctlError, ProviderError
-from .launcher import LABEL_PREFIX, destroy_and_verify
+from .launcher import LABEL_PREFIX, deployment_id_of, destroy_and_verify
 from .models import Deployment, DeploymentStatus
 from .state import State, delete_key, load_key
 
@@ -195,7 +195,7 @@ def reap(state: State, *, dry_run: bool, provider_names: list[str] | None = None
         for instance in instances:
             if (name, instance.instance_id) in live:
                 continue
-            dep_id = _deployment_id(instance)
+            dep_id = deployment_id_of(instance)
             known = dep_id and state.get_deployment(dep_id)
             if not known and _age_s(instance) < UNKNOWN_ORPHAN_MIN_AGE_S:
                 continue  # maybe another machine's launch in progress: leave it for now
@@ -232,15 +232,6 @@ def _owner_alive(state: State, dep_id: str) -> bool:
     """Whether the process that launched the deployment still runs: its rent rows say
     (terminate rows may be `reap`'s own, written by this very process)."""
     return any(e.owner_alive for e in state.journal(dep_id) if e.action == "rent")
-
-
-def _deployment_id(instance) -> str | None:
-    name = instance.labels.get("deployctl") or ""
-    if name:
-        return name
-    iid = instance.instance_id
-    label = instance.raw.get("label") or instance.raw.get("name") or iid
-    return label[len(LABEL_PREFIX) :] if str(label).startswith(LABEL_PREFIX) else None
 
 
 def _age_s(instance) -> float:

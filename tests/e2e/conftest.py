@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import DEFAULT_RUNPOD_KEY, DEFAULT_VAST_KEY, serve_runpod, serve_vast
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -62,3 +64,26 @@ def cli(tmp_path) -> Cli:
     c.run("down", "--all", timeout=120)
     reaped = c.run("reap", "--provider", "local", "--json", timeout=120)
     assert reaped.returncode == 0, reaped.stderr
+
+
+@pytest.fixture(params=["vast", "runpod"])
+def fake_cloud(request, monkeypatch, tmp_path):
+    """The fake Vast, then the fake RunPod, wired by env (set `fake_cloud_boot_delay_s`
+    on the test module to change how long an instance takes to boot). Nothing may be
+    left running on the fake cloud, or as a process here, when the test ends."""
+    monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(tmp_path / "state"))
+    serve = serve_vast if request.param == "vast" else serve_runpod
+    with serve() as (api, url):
+        api.fleet.boot_delay_s = getattr(request.module, "fake_cloud_boot_delay_s", 0.5)
+        api.provider_name = request.param
+        if request.param == "vast":
+            monkeypatch.setenv("VAST_URL", url)
+            monkeypatch.setenv("VAST_API_KEY", DEFAULT_VAST_KEY)
+        else:
+            monkeypatch.setenv("RUNPOD_API_BASE_URL", url)
+            monkeypatch.setenv("RUNPOD_API_KEY", DEFAULT_RUNPOD_KEY)
+            monkeypatch.setenv("RUNPOD_PROXY_URL", api.proxy_url)
+        yield api
+        leftover = [i.instance_id for i in api.fleet.live()]
+        assert leftover == [], f"instances leaked: {leftover}"
+    assert api.fleet.runner.stray_pids() == []

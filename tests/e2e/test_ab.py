@@ -176,6 +176,9 @@ def _rig_subprocess(prompts: Path, doc_path: Path, *extra: str) -> subprocess.Po
          "--json", str(doc_path), *extra],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and
+        # Python keeps an inherited SIG_IGN: give the rig the Ctrl-C a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 

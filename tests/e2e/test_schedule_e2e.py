@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from orchestrator.state import State
-from tests.fakes import DEFAULT_RUNPOD_KEY, DEFAULT_VAST_KEY, serve_runpod, serve_vast
 
 from .conftest import needs_local_engine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+fake_cloud_boot_delay_s = 0.3
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -90,26 +90,6 @@ def test_local_session_ready_at_its_start_gone_at_its_end_without_another_tick(c
     assert dep["status"] == "ended"
 
 
-@pytest.fixture(params=["vast", "runpod"])
-def cloud(request, monkeypatch, tmp_path):
-    monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(tmp_path / "state"))
-    serve = serve_vast if request.param == "vast" else serve_runpod
-    with serve() as (api, url):
-        api.fleet.boot_delay_s = 0.3
-        api.provider_name = request.param
-        if request.param == "vast":
-            monkeypatch.setenv("VAST_URL", url)
-            monkeypatch.setenv("VAST_API_KEY", DEFAULT_VAST_KEY)
-        else:
-            monkeypatch.setenv("RUNPOD_API_BASE_URL", url)
-            monkeypatch.setenv("RUNPOD_API_KEY", DEFAULT_RUNPOD_KEY)
-            monkeypatch.setenv("RUNPOD_PROXY_URL", api.proxy_url)
-        yield api
-        leftover = [i.instance_id for i in api.fleet.live()]
-        assert leftover == [], f"instances leaked: {leftover}"
-    assert api.fleet.runner.stray_pids() == []
-
-
 def _deployctl(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT,
@@ -125,16 +105,16 @@ def _json(*args: str) -> dict:
     return json.loads(out)
 
 
-def test_two_ticks_at_once_start_one_deployment_and_its_guard_ends_it(cloud):
+def test_two_ticks_at_once_start_one_deployment_and_its_guard_ends_it(fake_cloud):
     at, start = _at(3)
     _json("schedule", "add", "qwen2.5-7b", "--at", at, "--for", "4s", "--lead", "1m",
-          "--grace", "2s", "--provider", cloud.provider_name)
+          "--grace", "2s", "--provider", fake_cloud.provider_name)
     ticks = [_deployctl("schedule", "tick", "--json") for _ in range(3)]
     results = [(p.communicate(timeout=120), p.returncode) for p in ticks]
     assert all(code == 0 for _, code in results), results
     actions = [a for (out, _), _ in results for a in json.loads(out)["actions"]]
     assert [a["kind"] for a in actions] == ["started"]
-    (inst,) = cloud.fleet.live()
+    (inst,) = fake_cloud.fleet.live()
     ttl = int(inst.env["DEPLOYCTL_TTL_S"])
     left = (start + timedelta(seconds=4 + 2) - datetime.now(timezone.utc)).total_seconds()
     assert left - 1 <= ttl <= left + 10  # window end + grace, counted from the launch
@@ -142,17 +122,17 @@ def test_two_ticks_at_once_start_one_deployment_and_its_guard_ends_it(cloud):
     with State.open() as state:
         assert len(state.list_deployments()) == 1
 
-    _wait_for(lambda: inst.instance_id in cloud.fleet.destroyed, 30, "the guard's ttl")
-    assert cloud.fleet.destroyed[inst.instance_id].destroyed_by == "scoped"
+    _wait_for(lambda: inst.instance_id in fake_cloud.fleet.destroyed, 30, "the guard's ttl")
+    assert fake_cloud.fleet.destroyed[inst.instance_id].destroyed_by == "scoped"
     assert [a["kind"] for a in _json("schedule", "tick")["actions"]] == ["ended"]
     (session,) = _json("schedule", "list")["schedules"][0]["sessions"]
     assert session["status"] == "ended"
 
 
-def test_a_tick_at_the_end_ends_it_on_time_and_a_late_one_finds_it_missed(cloud):
+def test_a_tick_at_the_end_ends_it_on_time_and_a_late_one_finds_it_missed(fake_cloud):
     at, start = _at(2)
     added = _json("schedule", "add", "qwen2.5-7b", "--at", at, "--for", "3s", "--lead", "1m",
-                  "--grace", "5m", "--provider", cloud.provider_name, "--repeat",
+                  "--grace", "5m", "--provider", fake_cloud.provider_name, "--repeat",
                   "0 9 * * *", "--tz", "Europe/Paris")
     assert [a["kind"] for a in _json("schedule", "tick")["actions"]] == ["started"]
     assert _status_sessions(_json("status")) == ["running"]
@@ -160,7 +140,7 @@ def test_a_tick_at_the_end_ends_it_on_time_and_a_late_one_finds_it_missed(cloud)
                    .total_seconds(), 0))
     report = _json("schedule", "tick")
     assert [a["kind"] for a in report["actions"]] == ["ended"]
-    assert cloud.fleet.live() == []  # destroyed by the tick, long before the guard's grace
+    assert fake_cloud.fleet.live() == []  # destroyed by the tick, long before the guard's grace
     # the repeat's next occurrence: tomorrow 09:00 in Paris; a tick after it is over
     sessions = _json("schedule", "list")["schedules"][0]["sessions"]
     nxt = [s for s in sessions if s["status"] == "upcoming"]
@@ -169,21 +149,21 @@ def test_a_tick_at_the_end_ends_it_on_time_and_a_late_one_finds_it_missed(cloud)
     late = _json("schedule", "tick", "--now", after.isoformat())
     assert [a["kind"] for a in late["actions"]] == ["missed"]
     assert added["schedule"]["id"] == late["actions"][0]["schedule_id"]
-    assert cloud.fleet.live() == []
+    assert fake_cloud.fleet.live() == []
 
 
-def test_sigterm_stops_schedule_run_and_a_launch_in_flight_leaves_nothing(cloud):
-    if cloud.provider_name != "vast":
+def test_sigterm_stops_schedule_run_and_a_launch_in_flight_leaves_nothing(fake_cloud):
+    if fake_cloud.provider_name != "vast":
         pytest.skip("one cloud is enough for the signal path")
-    cloud.fleet.boot_delay_s = 30.0  # still booting when SIGTERM comes
+    fake_cloud.fleet.boot_delay_s = 30.0  # still booting when SIGTERM comes
     at, _ = _at(30)
     _json("schedule", "add", "qwen2.5-7b", "--at", at, "--for", "1m", "--lead", "1m",
           "--provider", "vast")
     run = _deployctl("schedule", "run", "--interval", "0.5")
-    _wait_for(lambda: cloud.fleet.live(), 30, "the rent")
+    _wait_for(lambda: fake_cloud.fleet.live(), 30, "the rent")
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 143
-    assert cloud.fleet.live() == []  # the launcher destroyed what it rented
+    assert fake_cloud.fleet.live() == []  # the launcher destroyed what it rented
     (session,) = _json("schedule", "list")["schedules"][0]["sessions"]
     assert session["status"] == "upcoming"  # given back: the next tick starts it again
     _json("schedule", "rm", session["schedule_id"])

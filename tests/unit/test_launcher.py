@@ -161,6 +161,38 @@ def test_interrupt_destroys_what_was_created(state, monkeypatch):
     assert state.live_instances() == []
 
 
+@pytest.mark.parametrize("created", [True, False])
+def test_interrupt_inside_the_rent_call_finds_and_destroys_its_instance(
+    state, monkeypatch, created
+):
+    """SIGTERM/Ctrl-C while the rent request is in flight: the provider may have made the
+    instance without the launcher hearing of it. The launcher looks it up by its label."""
+    monkeypatch.setattr(launcher_mod, "wait_ready", ready_unless(set()))
+    monkeypatch.setattr(launcher_mod.time, "sleep", lambda s: None)
+    provider = MemoryProvider()
+    provider.instances["other"] = Instance(  # another deployment's: left alone
+        provider="mem", instance_id="other", state=InstanceState.RUNNING,
+        labels={"deployctl": "someone-else"})
+    original = provider.launch
+
+    def launch(offer, spec, *, name, labels):
+        if created:
+            original(offer, spec, name=name, labels=labels)
+        raise KeyboardInterrupt  # the signal lands before the answer is read
+
+    provider.launch = launch
+    task, cands = candidates()
+    with pytest.raises(KeyboardInterrupt):
+        Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01)).up(task, cands)
+    assert list(provider.instances) == ["other"]
+    assert provider.calls == (["launch o1", "terminate i1"] if created else [])
+    (dep,) = state.list_deployments()
+    assert dep.status is DeploymentStatus.FAILED
+    assert state.open_intents() == []  # the rent intent is resolved, not left for `reap`
+    rent = [j for j in state.journal(dep.id) if j.action == "rent"]
+    assert [(j.state, j.instance_id) for j in rent] == [("failed", "i1" if created else None)]
+
+
 def test_offer_unavailable_at_launch(state, monkeypatch):
     monkeypatch.setattr(launcher_mod, "wait_ready", ready_unless(set()))
     provider = MemoryProvider()
