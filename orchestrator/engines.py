@@ -1,8 +1,9 @@
 """Container specs for vLLM, TGI and llama.cpp, wrapped by the guard.
 
 Every spec's `bootstrap` is the container's entrypoint on every provider: a POSIX shell
-script that writes the guard and execs it around the engine command. The guard travels
-in the environment, gzip + base64, cut into values of at most 200 characters
+script that execs one Python (`$DEPLOYCTL_PYTHON`, else the image's python3, with -S: the
+guard needs only the stdlib) to write the guard and run it around the engine command. The
+guard travels in the environment, gzip + base64, cut into values of at most 200 characters
 (DEPLOYCTL_GUARD_00, _01, ... and DEPLOYCTL_GUARD_CHUNKS), so no image has to contain
 it and it fits Vast's documented limits (256 characters a value, 32,768 in all). The
 guard listens on the only published port and starts the engine on an internal one
@@ -42,23 +43,25 @@ _TGI_QUANT = {Quant.AWQ: "awq", Quant.GPTQ: "gptq", Quant.FP8: "fp8"}
 GUARD_DIR_DEFAULT = "/opt/deployctl"
 
 GUARD_CHUNK_CHARS = 200
+# Writes the guard to argv[1] for the record, then runs it in this same interpreter
+# (one Python start-up, not two) with argv[1:] as its own argv.
 _UNPACK = (
-    "import base64,gzip,os,sys;e=os.environ;n=int(e['DEPLOYCTL_GUARD_CHUNKS']);"
-    "b=''.join(e['DEPLOYCTL_GUARD_%02d'%i] for i in range(n));"
-    "open(sys.argv[1],'wb').write(gzip.decompress(base64.b64decode(b)))"
+    "import base64,gzip,os,runpy,sys;e=os.environ;n=int(e['DEPLOYCTL_GUARD_CHUNKS']);"
+    "b=''.join(e['DEPLOYCTL_GUARD_%02d'%i] for i in range(n));p=sys.argv[1];"
+    "f=open(p,'wb');f.write(gzip.decompress(base64.b64decode(b)));f.close();"
+    "sys.argv=sys.argv[1:];runpy.run_path(p,run_name='__main__')"
 )
 _BOOTSTRAP = """\
 set -eu
 D="${{DEPLOYCTL_DIR:-{guard_dir}}}"
 mkdir -p "$D"
-PY="$(command -v python3 || true)"
+PY="${{DEPLOYCTL_PYTHON:-$(command -v python3 || true)}}"
 if [ -z "$PY" ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 >/dev/null
   PY="$(command -v python3)"
 fi
-"$PY" -c "{unpack}" "$D/guard.py"
-exec "$PY" "$D/guard.py" --host "${{DEPLOYCTL_GUARD_HOST:-0.0.0.0}}" --log-file "$D/guard.log" \
-  -- {command}
+exec "$PY" -S -c "{unpack}" "$D/guard.py" --host "${{DEPLOYCTL_GUARD_HOST:-0.0.0.0}}" \
+  --log-file "$D/guard.log" -- {command}
 """
 
 

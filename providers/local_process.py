@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -69,6 +70,9 @@ class LocalProcess:
         env.update(spec.all_env())
         env.update(
             DEPLOYCTL_DIR=str(workdir),
+            # Our own interpreter, not whatever python3 PATH finds first (a pyenv shim
+            # costs a tenth of a second a start).
+            DEPLOYCTL_PYTHON=sys.executable,
             DEPLOYCTL_GUARD_HOST="127.0.0.1",
             DEPLOYCTL_GUARD_PORT=str(guard_port),
             DEPLOYCTL_ENGINE_PORT=str(engine_port),
