@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -30,19 +31,36 @@ class _Phases:
     """Narrates each phase of `up` on stderr with the time it took."""
 
     def __init__(self, quiet: bool) -> None:
-        self.err = console(stderr=True)
+        self._err = None
         self.quiet = quiet
         self.started = time.monotonic()
         self.current: tuple[str, float] | None = None
+
+    @property
+    def err(self):
+        """A rich console on stderr, made on first use: rich's import (tens of ms) stays
+        out of the time before the rent when stderr is not a terminal."""
+        if self._err is None:
+            self._err = console(stderr=True)
+        return self._err
+
+    def _say(self, markup: str, plain: str) -> None:
+        if sys.stderr.isatty():
+            self.err.print(markup)
+        else:
+            sys.stderr.write(plain + "\n")
+            sys.stderr.flush()
 
     def __call__(self, phase: str, detail: str) -> None:
         now = time.monotonic()
         if self.current and not self.quiet:
             name, since = self.current
-            self.err.print(f"  [dim]{name} took {now - since:.1f} s[/]")
+            took = f"{name} took {now - since:.1f} s"
+            self._say(f"  [dim]{took}[/]", f"  {took}")
         self.current = (phase, now)
         if not self.quiet:
-            self.err.print(f"→ [bold]{phase}[/] {detail} [dim](+{now - self.started:.1f} s)[/]")
+            at = f"(+{now - self.started:.1f} s)"
+            self._say(f"→ [bold]{phase}[/] {detail} [dim]{at}[/]", f"→ {phase} {detail} {at}")
 
 
 def _sigterm_to_exit(signum: int, frame: Any) -> None:
