@@ -33,6 +33,7 @@ __all__ = [
 
 LIVE = {DeploymentStatus.PLANNING, DeploymentStatus.LAUNCHING, DeploymentStatus.READY}
 UNKNOWN_ORPHAN_MIN_AGE_S = 600.0  # instances of deployments this journal never saw
+RENT_CALL_MAX_S = 900.0  # a rent intent older than this is stale, whoever wrote it
 
 
 @dataclass
@@ -182,6 +183,14 @@ def reap(state: State, *, dry_run: bool, provider_names: list[str] | None = None
     deployments whose instances have vanished."""
     report = ReapReport([], [], [], [], [])
     live = {(p, iid): dep_id for dep_id, p, iid in state.live_instances()}
+    # A launcher still running, between its rent call and journaling the answer: its
+    # new instance is not an orphan yet (an intent older than any rent call is stale).
+    renting = {
+        e.deployment_id
+        for e in state.open_intents()
+        if e.action == "rent" and e.owner_alive
+        and (_now() - e.created_at).total_seconds() < RENT_CALL_MAX_S
+    }
     for name in provider_names or list(PROVIDERS):
         provider = get_provider(name)
         if not provider.check_credentials().ok:
@@ -196,6 +205,8 @@ def reap(state: State, *, dry_run: bool, provider_names: list[str] | None = None
             if (name, instance.instance_id) in live:
                 continue
             dep_id = deployment_id_of(instance)
+            if dep_id in renting:
+                continue
             known = dep_id and state.get_deployment(dep_id)
             if not known and _age_s(instance) < UNKNOWN_ORPHAN_MIN_AGE_S:
                 continue  # maybe another machine's launch in progress: leave it for now

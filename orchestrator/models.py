@@ -235,11 +235,12 @@ class ContainerSpec(StrictModel):
     """What runs in an instance: the engine command, wrapped by the guard via `bootstrap`.
 
     `bootstrap` is a POSIX shell script that is the container's entrypoint on every
-    provider: it writes the guard (shipped base64 in DEPLOYCTL_GUARD_B64) and execs
-    `python3 guard.py ... -- <command>`. The guard listens on `guard_port` (the only port
-    published) and runs the engine on `engine_port`; `{port}` in `command` is replaced by
-    the engine port. Values in `secret_env` (endpoint key, HF token, scoped provider
-    credentials) are SecretStr: they never print, log or serialise in clear.
+    provider: it writes the guard (shipped gzip + base64 in DEPLOYCTL_GUARD_00, _01, ...)
+    and runs it as `python3 -S guard.py ... -- <command>`. The guard listens on
+    `guard_port` (the only port published) and runs the engine on `engine_port`; `{port}`
+    in `command` is replaced by the engine port. Values in `secret_env` (endpoint key, HF
+    token, scoped provider credentials) are SecretStr: they never print, log or serialise
+    in clear.
     """
 
     image: str

@@ -28,6 +28,8 @@ __all__ = ["LocalProcess", "free_port", "registry_dir"]
 
 # Environment passed through from the launching shell; everything else comes from the spec.
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "HF_HOME", "XDG_CACHE_HOME")
+LEADER_FILE = "leader.pid"  # in the workdir, written by the group leader itself
+START_GRACE_S = 10.0  # an entry without a pid this old never started
 
 
 def registry_dir() -> Path:
@@ -45,7 +47,7 @@ class LocalProcess:
     """One registry entry."""
 
     instance_id: str
-    pid: int  # leader of the process group (the shell that execs the guard)
+    pid: int  # leader of the process group (the shell that execs the guard); 0: unknown
     guard_port: int
     engine_port: int
     workdir: str
@@ -77,10 +79,22 @@ class LocalProcess:
             DEPLOYCTL_GUARD_PORT=str(guard_port),
             DEPLOYCTL_ENGINE_PORT=str(engine_port),
         )
+        entry = cls(
+            instance_id=instance_id,
+            pid=0,  # not started yet: written first, so that a launcher killed between
+            guard_port=guard_port,  # the start and the save still leaves a record
+            engine_port=engine_port,
+            workdir=str(workdir),
+            labels=dict(labels),
+            started_at=datetime.now(timezone.utc).isoformat(),
+        )
+        entry._save()
         console = open(workdir / "console.log", "ab")  # noqa: SIM115 (handed to the child)
         try:
             proc = subprocess.Popen(
-                ["sh", "-c", spec.bootstrap],
+                # The leader records its own pid, for an entry whose launcher died before
+                # it could (the shell then execs the guard under that same pid).
+                ["sh", "-c", f"echo $$ > {LEADER_FILE}\n{spec.bootstrap}"],
                 env=env,
                 cwd=workdir,
                 stdin=subprocess.DEVNULL,
@@ -88,17 +102,12 @@ class LocalProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        except OSError:
+            entry.forget()
+            raise
         finally:
             console.close()
-        entry = cls(
-            instance_id=instance_id,
-            pid=proc.pid,
-            guard_port=guard_port,
-            engine_port=engine_port,
-            workdir=str(workdir),
-            labels=dict(labels),
-            started_at=datetime.now(timezone.utc).isoformat(),
-        )
+        entry.pid = proc.pid
         entry._save()
         return entry
 
@@ -128,22 +137,40 @@ class LocalProcess:
     def forget(self) -> None:
         (registry_dir() / f"{self.instance_id}.json").unlink(missing_ok=True)
 
+    def leader(self) -> int | None:
+        """The group leader's pid: from the entry, else from the file the leader wrote
+        (its launcher died before saving it); None if it never started."""
+        if self.pid > 0:
+            return self.pid
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((Path(self.workdir) / LEADER_FILE).read_text().strip())
+            if pid > 0:
+                return pid
+        return None
+
     def alive(self) -> bool:
         """True while any process of the group runs (zombies do not count)."""
-        _reap_if_child(self.pid)
+        pid = self.leader()
+        if pid is None:  # maybe starting this very moment; after that, it never started
+            started = datetime.fromisoformat(self.started_at)
+            return (datetime.now(timezone.utc) - started).total_seconds() < START_GRACE_S
+        _reap_if_child(pid)
         try:
-            os.killpg(self.pid, 0)
+            os.killpg(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        return _group_has_live_member(self.pid)
+        return _group_has_live_member(pid)
 
     def kill(self, grace_s: float = 10.0) -> None:
         """SIGTERM the group (the guard stops its engine), then SIGKILL what is left."""
+        pid = self.leader()
+        if pid is None:  # never started (killpg(0) would signal our own group)
+            return
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(self.pid, sig)
+                os.killpg(pid, sig)
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + wait_s

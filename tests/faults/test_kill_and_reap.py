@@ -2,9 +2,9 @@
 
 Each case runs the real CLI as a subprocess against a fresh fake Vast or RunPod, kills it
 at a moment found by watching the fake (tests/faults/harness.py), reaps once, and checks:
-no instance left on the fake; the journal agrees (nothing live, no open intent but the
-dead launcher's own rent intent (see the xfail below), every rented instance
-terminated-and-verified or its deployment ended with a closed bill); no secret leaked.
+no instance left on the fake; the journal agrees (nothing live, no open intent, every
+rented instance terminated-and-verified or its deployment ended with a closed bill); no
+secret leaked.
 `bench/fault_trials.py` runs 50 such trials per provider; these are 10 per provider.
 """
 
@@ -30,10 +30,6 @@ CASES = [
     ("during_readiness", None, 10),
 ]
 
-# `reap` ends the deployment of a launcher killed between journaling a rent and hearing
-# its answer, and destroys whatever the rent made, but leaves that rent row an "intent"
-# for ever: the journal keeps calling the call in flight. Fix: reap resolves the open
-# intents of dead writers (`journal_failed(..., "writer died; reaped")`, lifecycle.py).
 def _id(case) -> str:
     moment, flavour, seed = case
     return f"{moment}-{(flavour or 'jitter').replace(', ', '-').replace(' ', '-')}-{seed}"
