@@ -18,8 +18,9 @@ when it is idle, too old, or its engine is gone.
       --engine-grace-s N   time a dead/unhealthy engine may stay down (default 60)
       --teardown KIND      vast | runpod | local | skypilot | none (default $DEPLOYCTL_TEARDOWN)
       --log-file PATH      guard+engine log (default $DEPLOYCTL_DIR/guard.log)
+      --teardown-attempts N  provider calls before giving up (default 0: until it is gone)
     Tuning (tests): --poll-s, --engine-stop-s, --client-timeout-s, --upstream-timeout-s,
-      --max-body-bytes, --max-connections, --teardown-attempts, --teardown-backoff-s.
+      --max-body-bytes, --max-connections, --teardown-backoff-s, --teardown-backoff-max-s.
 
 Env: DEPLOYCTL_ENDPOINT_KEY (required; removed, with CONTAINER_API_KEY and RUNPOD_API_KEY,
 from the engine's env). vast: CONTAINER_ID, CONTAINER_API_KEY, VAST_URL; runpod:
@@ -37,8 +38,10 @@ Idle time runs from engine-ready or the end of the last such request, and stands
 while one is in flight. Teardown (idle >= keep-alive, age >= ttl, engine dead past its
 grace or never ready): log why, stop the engine (SIGTERM to its process group, then
 SIGKILL), destroy the instance through the provider's API with the instance-scoped
-credential (retried with backoff), exit 0 (1 if the provider call never succeeded).
-SIGTERM/SIGINT: stop the engine, exit 0, no provider call.
+credential (retried with backoff doubling up to 5 minutes, until it succeeds: an instance
+that cannot end itself keeps billing), exit 0 (1 if the provider call never succeeded).
+SIGTERM/SIGINT: stop the engine, exit 0, no provider call; during the teardown's retries
+it ends them (whoever stops the container has taken over).
 """
 
 from __future__ import annotations
@@ -120,12 +123,14 @@ class Config:
         arg("--upstream-timeout-s", type=float, default=1800.0)
         arg("--max-body-bytes", type=int, default=8 * 1024 * 1024)
         arg("--max-connections", type=int, default=256)
-        arg("--teardown-attempts", type=int, default=6)
+        arg("--teardown-attempts", type=int, default=0)  # 0: until it succeeds
         arg("--teardown-backoff-s", type=float, default=1.0)
+        arg("--teardown-backoff-max-s", type=float, default=300.0)
         ns = p.parse_args(own)
         if not engine:
             p.error("missing the engine command after --")
-        for name in ("keep_alive_s", "ttl_s", "engine_start_s", "engine_grace_s", "poll_s"):
+        for name in ("keep_alive_s", "ttl_s", "engine_start_s", "engine_grace_s", "poll_s",
+                     "teardown_attempts", "teardown_backoff_s", "teardown_backoff_max_s"):
             if getattr(ns, name) < 0:
                 p.error(f"--{name.replace('_', '-')} must be >= 0")
         self.key = os.environ.get("DEPLOYCTL_ENDPOINT_KEY", "").strip()
@@ -874,8 +879,9 @@ def _missing_credentials(cfg: Config) -> list[str]:
     return [name for name in needed if not cfg.env.get(name)]
 
 
-def destroy_instance(cfg: Config, log: Log) -> bool:
-    """Call the provider (vast, runpod) with retries; local/skypilot/none: nothing to call."""
+def destroy_instance(cfg: Config, log: Log, abort: threading.Event | None = None) -> bool:
+    """Call the provider (vast, runpod) with retries (`--teardown-attempts`, 0: until it
+    succeeds or `abort` is set); local/skypilot/none: nothing to call."""
     if cfg.teardown not in TEARDOWN_CALLS:
         log.write("guard", f"teardown {cfg.teardown}: no provider call")
         return True
@@ -884,7 +890,10 @@ def destroy_instance(cfg: Config, log: Log) -> bool:
         log.write("guard", f"teardown {cfg.teardown} impossible: {', '.join(missing)} not set")
         return False
     call = TEARDOWN_CALLS[cfg.teardown][1]
-    for attempt in range(1, cfg.teardown_attempts + 1):
+    abort = abort or threading.Event()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             ok, detail = call(cfg.env)
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -893,9 +902,12 @@ def destroy_instance(cfg: Config, log: Log) -> bool:
         log.write("guard", f"teardown {cfg.teardown} attempt {attempt}: {outcome} ({detail})")
         if ok:
             return True
-        if attempt < cfg.teardown_attempts:
-            time.sleep(cfg.teardown_backoff_s * 2 ** (attempt - 1))
-    return False
+        if attempt == cfg.teardown_attempts:
+            return False
+        delay = min(cfg.teardown_backoff_s * 2 ** min(attempt - 1, 30), cfg.teardown_backoff_max_s)
+        if abort.wait(delay):
+            log.write("guard", "teardown retries ended by a signal")
+            return False
 
 
 class Guard:
@@ -910,6 +922,7 @@ class Guard:
         self.stop_lock = threading.Lock()
         self.stop_reason: str | None = None
         self.teardown = False
+        self.abort_teardown = threading.Event()  # a signal while the teardown retries
 
     def request_stop(self, reason: str, teardown: bool) -> None:
         with self.stop_lock:
@@ -950,6 +963,8 @@ class Guard:
         return "\n".join(out) + "\n"
 
     def _on_signal(self, num: int, _frame: object) -> None:
+        if self.stop_event.is_set():
+            self.abort_teardown.set()
         self.request_stop(f"received {signal.Signals(num).name}", teardown=False)
 
     def run(self) -> int:
@@ -978,7 +993,7 @@ class Guard:
             "guard", ("teardown: " if self.teardown else "stopping: ") + str(self.stop_reason)
         )
         self.engine.stop()
-        ok = destroy_instance(cfg, self.log) if self.teardown else True
+        ok = destroy_instance(cfg, self.log, self.abort_teardown) if self.teardown else True
         if server is not None:
             server.shutdown()
             server.server_close()

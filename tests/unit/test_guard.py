@@ -486,6 +486,29 @@ def test_teardown_that_never_succeeds_exits_1(start_guard, provider_api):
     assert "RUNPOD_API_KEY not set" in g2.log()
 
 
+def test_teardown_retries_until_it_succeeds_by_default(start_guard, provider_api):
+    """No attempt limit unless one is set: an instance that cannot end itself bills."""
+    api, url = provider_api
+    api.fail_next(8, status=503)
+    env = {"VAST_URL": url, "CONTAINER_ID": "8", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    g = start_guard("--ttl-s", 1, "--teardown", "vast", "--teardown-backoff-max-s", 0.1, env=env)
+    assert g.wait_exit(10) == 0
+    assert len(api.calls) == 9
+    assert "attempt 9: ok" in g.log()
+
+
+def test_sigterm_ends_the_teardown_retries(start_guard, provider_api):
+    api, url = provider_api
+    api.fail_next(10_000, status=500)
+    env = {"VAST_URL": url, "CONTAINER_ID": "8", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    g = start_guard("--ttl-s", 1, "--teardown", "vast", "--teardown-backoff-s", 60, env=env)
+    wait_for(lambda: len(api.calls) >= 1, 10)
+    g.proc.send_signal(signal.SIGTERM)  # mid-backoff: a 60 s wait it must not sit out
+    assert g.wait_exit(3) == 1
+    assert len(api.calls) == 1
+    assert "teardown retries ended by a signal" in g.log()
+
+
 def test_engine_that_dies_is_torn_down_after_grace(start_guard, provider_api):
     api, url = provider_api
     env = {"VAST_URL": url, "CONTAINER_ID": "9", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
