@@ -55,6 +55,8 @@ KEYS: dict[str, str] = {
     "limits.max_price_per_hour": "an amount > 0 in budget.currency, or none",
     "limits.max_ttl": "a duration > 0 (e.g. 12h, 90m), or none to allow no ttl at all",
     "limits.max_workers": "a whole number >= 1: workersMax of a serverless endpoint",
+    "limits.ttl_backstop": "a duration > 0 (e.g. 10m): past ttl + this, `status` and `reap` "
+    "destroy a deployment its guard did not end",
     "alerts.webhook_url": "an http(s) URL taking Slack-style {\"text\": ...} posts, or none",
     "alerts.timeout_s": "a number of seconds > 0 and <= 30",
 }
@@ -77,6 +79,13 @@ def _max_ttl(value: Any) -> Any:
     seconds = parse_duration_s(value)
     if seconds <= 0:
         raise ValueError("must be a duration > 0, or none")
+    return seconds
+
+
+def _duration(value: Any) -> Any:
+    seconds = parse_duration_s(value)
+    if seconds <= 0:
+        raise ValueError("must be a duration > 0 (e.g. 10m)")
     return seconds
 
 
@@ -132,6 +141,9 @@ class Limits(_Section):
     # seconds; None only when the config says `max_ttl: none` explicitly
     max_ttl: Annotated[int | None, BeforeValidator(_max_ttl)] = DEFAULT_MAX_TTL_S
     max_workers: int = Field(default=1, ge=1)  # serverless workersMax
+    # seconds past a deployment's ttl after which `status`/`reap` destroy it themselves
+    # (its guard should have ended it at the ttl; this is the laptop-side backstop)
+    ttl_backstop: Annotated[int, BeforeValidator(_duration)] = 600
 
 
 class Alerts(_Section):

@@ -124,14 +124,31 @@ def refresh(state: State, dep: Deployment) -> tuple[Deployment, GuardStatus | No
     if not getattr(provider, "guarded", True) and _past_ttl(dep):
         # No guard inside a managed endpoint: deployctl itself enforces the ttl.
         return down(state, dep, reason="ttl reached (deleted by deployctl)"), None
+    if _past_ttl(dep, backstop_s()):
+        # Its guard should have ended it at the ttl (API down, key revoked, guard gone):
+        # whoever looks next ends it, rather than let it bill on.
+        with contextlib.suppress(DeployctlError):
+            reason = "ttl passed and its guard did not end it (destroyed by deployctl)"
+            return down(state, dep, reason=reason), None
     counters = guard_status(dep)
     _observe(state, dep, instance, counters)
     return dep, counters
 
 
-def _past_ttl(dep: Deployment) -> bool:
+def _past_ttl(dep: Deployment, extra_s: float = 0.0) -> bool:
     start = dep.ready_at or dep.created_at
-    return bool(dep.ttl_s) and (_now() - start).total_seconds() >= dep.ttl_s
+    return bool(dep.ttl_s) and (_now() - start).total_seconds() >= dep.ttl_s + extra_s
+
+
+def backstop_s() -> float:
+    """`limits.ttl_backstop`: how long past its ttl a guarded deployment may still run
+    before `status`/`reap` destroy it themselves (10 minutes unless configured)."""
+    from .config import load_config
+
+    try:
+        return float(load_config().limits.ttl_backstop)
+    except DeployctlError:
+        return 600.0
 
 
 def down(state: State, dep: Deployment, *, reason: str = "down") -> Deployment:

@@ -70,3 +70,39 @@ def test_guard_teardown_retries_through_provider_api_faults(provider, tmp_path):
         log = (cloud.runner.get(iid).workdir / "guard.log").read_text()
         assert "attempt 1: failed" in log and "attempt 2: failed" in log
         assert "attempt 3: ok" in log
+
+
+@pytest.mark.parametrize("provider", ["vast", "runpod"])
+def test_status_destroys_what_its_guard_could_not_end_past_ttl_and_backstop(provider, tmp_path):
+    """The guard's own teardown never gets through (its scoped key is refused, say): the
+    next `status` after ttl + limits.ttl_backstop destroys the instance with the account
+    key, and not before."""
+    with Cloud(provider, tmp_path) as cloud:
+        cloud.env["DEPLOYCTL_LIMITS_TTL_BACKSTOP"] = "4s"
+        guard_calls = []
+
+        def intercept(request) -> str | None:  # every teardown call the guard makes fails
+            teardown = request.method == "DELETE" or b"podTerminate" in request.body
+            if teardown and cloud.api.api_key not in str(request.headers) + str(request.query):
+                guard_calls.append(request)
+                return "drop"
+            return None
+
+        cloud.api.intercept = intercept
+        up = cloud.cli(*cloud.up_args("--ttl", "3s", "--keep-alive", "1h"))
+        assert up.code == 0, up.stderr
+        dep_id, iid = up.json()["deployment_id"], up.json()["instance_id"]
+        wait_until(lambda: guard_calls, 30, "the guard's teardown at its ttl")
+
+        early = cloud.cli("status", "--json")  # past the ttl, within the backstop
+        assert [r["status"] for r in early.json()["deployments"]] == ["ready"], early.stdout
+        assert cloud.live_ids() == [iid]
+
+        wait_until(lambda: cloud.cli("status", "--json").json()["deployments"] == [], 30,
+                   "status's backstop")  # fmt: skip
+        assert cloud.fleet.destroyed[iid].destroyed_by == "account"
+        assert cloud.live_ids() == []
+        (row,) = cloud.cli("status", "--all", "--json").json()["deployments"]
+        assert row["id"] == dep_id and "its guard did not end it" in row["end_reason"]
+        with cloud.state() as state:
+            assert state.bill(dep_id) is not None and state.live_instances() == []
