@@ -130,7 +130,15 @@ def _plan(spec, task: str, names, providers, config, phases: _Phases):
         requested_by_name=bool(providers),
     )
     for warning in search.warnings:
-        phases.err.print(f"warning: {warning}")
+        phases.err.print(f"warning: {warning}", markup=False)
+    failed = [r for r in search.results if r.status != "ok"]
+    if not search.offers and search.results and len(failed) == len(search.results):
+        # Nobody answered: an operation that failed (exit 1), not a task that fits nothing.
+        said = "; ".join(f"{r.name}: {r.status} ({r.message})" for r in failed)
+        raise DeployctlError(
+            f"no provider answered the offer search, so nothing was rented: {said}",
+            hint="check the provider's status and your key, then run it again",
+        )
     plan = make_plan(spec, search.offers)
     if not plan.feasible:
         raise NoOfferFitsError(

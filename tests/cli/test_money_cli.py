@@ -121,6 +121,18 @@ def test_max_deployments_refuses_a_second_live_deployment(vast, capsys):
         assert state.journal() == []
 
 
+def test_up_when_no_provider_answers_the_search_exits_1_naming_it(vast, capsys):
+    """Every search failing is an operation that failed (exit 1, the provider's error),
+    not a task that fits nothing (exit 4); nothing is created."""
+    vast.fail_next(50, status=503)
+    code, out, err = run(capsys, "up", TASK, "--provider", "vast")
+    assert code == 1, err
+    assert "error: no provider answered the offer search, so nothing was rented: vast:" in err
+    assert "503" in err and "Traceback" not in err and out == ""
+    vast.reset_faults()
+    assert rents(vast) == [] and vast.fleet.instances == {}
+
+
 def test_flag_and_env_override_the_config_for_one_command(vast, capsys, monkeypatch):
     configure(limits={"max_ttl": "1h"})
     assert run(capsys, "up", TASK, "--provider", "vast", "--ttl", "2h")[0] == 3
