@@ -59,11 +59,15 @@ DAYS_PER_MONTH = HOURS_PER_MONTH / 24.0
 POD_COLD_START_S = 300.0  # rent + boot + model download and load (7-8B class), estimate
 SERVERLESS_COLD_START_S = 20.0  # a worker start with FlashBoot, model load included, estimate
 SERVERLESS_IDLE_DEFAULT_S = 5  # RunPod's own default idleTimeout
-SERVERLESS_PRICES_SOURCE = "runpod.io/pricing (Serverless, flex workers), read 2025"
+SERVERLESS_PRICES_SOURCE = (
+    "RunPod docs, serverless/pricing.mdx, 'Pricing table (per second)', flex workers "
+    "(github.com/runpod/docs commit da63d28); the live page is runpod.io/pricing"
+)
 
-# RunPod serverless GPU pool id -> (USD per second, flex worker; GPUs in the pool).
+# RunPod serverless GPU pool id -> (USD per second, flex worker; GPUs in the pool), as in
+# the table named by SERVERLESS_PRICES_SOURCE (B200 is not in it: not offered here).
 SERVERLESS_PRICES: dict[str, tuple[float, tuple[str, ...]]] = {
-    "AMPERE_16": (0.00016, ("RTXA4000", "RTXA4500", "RTX4000-Ada", "RTX2000-Ada")),
+    "AMPERE_16": (0.00016, ("RTXA4000", "RTXA4500", "RTX4000-Ada")),
     "AMPERE_24": (0.00019, ("L4", "RTXA5000", "RTX3090")),
     "ADA_24": (0.00031, ("RTX4090",)),
     "AMPERE_48": (0.00034, ("RTXA6000", "A40")),
@@ -71,7 +75,6 @@ SERVERLESS_PRICES: dict[str, tuple[float, tuple[str, ...]]] = {
     "AMPERE_80": (0.00076, ("A100-PCIE-80GB", "A100-SXM4-80GB")),
     "ADA_80_PRO": (0.00116, ("H100-PCIE", "H100-SXM", "H100-NVL")),
     "HOPPER_141": (0.00155, ("H200-SXM", "H200-NVL")),
-    "BLACKWELL_180": (0.00240, ("B200",)),
 }
 
 

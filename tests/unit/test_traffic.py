@@ -141,3 +141,21 @@ def test_plan_traffic_cli_json(catalog_dir, capsys):
                  "--traffic", "100 req/day, 500 tok/req"])
     out = capsys.readouterr().out
     assert code == 0 and "Which mode is cheaper" in out and "break-even" in out
+
+
+def test_serverless_prices_are_runpods_documented_flex_rates():
+    """RunPod docs (serverless/pricing.mdx, 'Pricing table (per second)', Flex column):
+    every documented pool at its documented price, and nothing undocumented."""
+    from orchestrator.traffic import SERVERLESS_PRICES
+
+    documented = {  # GPU names as our table normalises them -> flex $/s
+        "H200-SXM": 0.00155, "A100-SXM4-80GB": 0.00076, "H100-SXM": 0.00116,
+        "RTXA6000": 0.00034, "A40": 0.00034, "L40": 0.00053, "L40S": 0.00053,
+        "RTX6000-Ada": 0.00053, "L4": 0.00019, "RTXA5000": 0.00019, "RTX3090": 0.00019,
+        "RTX4090": 0.00031, "RTXA4000": 0.00016, "RTXA4500": 0.00016, "RTX4000-Ada": 0.00016,
+    }  # fmt: skip
+    ours = {gpu: price for price, gpus in SERVERLESS_PRICES.values() for gpu in gpus}
+    for gpu, price in documented.items():
+        assert ours[gpu] == price, gpu
+    assert set(ours) - set(documented) <= {"A100-PCIE-80GB", "H100-PCIE", "H100-NVL",
+                                           "H200-NVL"}  # fmt: skip
