@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.server import FakeApi, FakeResponse, FakeServer, RecordedRequest, bearer_token
+from tests.procs import pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = ROOT / "orchestrator" / "guard.py"
@@ -52,15 +53,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pid_alive(pid: int) -> bool:
-    """Running and not a zombie (an orphan's zombie may linger where PID 1 does not reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05):

@@ -19,6 +19,7 @@ from orchestrator.models import ContainerSpec
 from orchestrator.state import State
 from providers.local import LocalProvider
 from providers.local_process import LEADER_FILE, LocalProcess, registry_dir
+from tests.procs import pid_alive
 
 SLEEPER = ContainerSpec(image="-", command=["sleep"], model_name="m", bootstrap="exec sleep 60")
 
@@ -26,14 +27,6 @@ SLEEPER = ContainerSpec(image="-", command=["sleep"], model_name="m", bootstrap=
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _wait(predicate, timeout_s: float = 5.0) -> None:
@@ -51,7 +44,7 @@ def test_spawn_records_the_leader_and_terminate_ends_the_group():
     assert int((Path(entry.workdir) / LEADER_FILE).read_text()) == entry.pid
     assert provider.get("deployctl-t1") is not None
     provider.terminate("deployctl-t1")
-    assert provider.get("deployctl-t1") is None and not _pid_running(entry.pid)
+    assert provider.get("deployctl-t1") is None and not pid_alive(entry.pid)
 
 
 def test_an_entry_whose_launcher_died_before_saving_the_pid_is_still_found_and_ended():
@@ -66,7 +59,7 @@ def test_an_entry_whose_launcher_died_before_saving_the_pid_is_still_found_and_e
     (listed,) = [i for i in provider.list_instances() if i.instance_id == "deployctl-t2"]
     assert listed.labels == {"deployctl": "t2"}
     provider.terminate("deployctl-t2")
-    _wait(lambda: not _pid_running(leader))
+    _wait(lambda: not pid_alive(leader))
     assert provider.get("deployctl-t2") is None
 
 
