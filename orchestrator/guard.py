@@ -32,8 +32,10 @@ dead, "uptime_s"}. With `Authorization: Bearer <key>` (else 401): GET /metrics
 forwarded to the engine, SSE streamed through event by event; anything else 404.
 
 Activity is an authenticated POST to /v1/chat/completions, /v1/completions or
-/v1/embeddings that the engine answered; tokens come from the response `usage` (streams:
-the guard asks for the usage chunk and hides it from clients that did not ask for it).
+/v1/embeddings that the engine answered (not deployctl's own readiness probe, which says
+`X-Deployctl-Probe: ready`: forwarded, never counted); tokens come from the response
+`usage` (streams: the guard asks for the usage chunk and hides it from clients that did
+not ask for it).
 Idle time runs from engine-ready or the end of the last such request, and stands still
 while one is in flight. Teardown (idle >= keep-alive, age >= ttl, engine dead past its
 grace or never ready): log why, stop the engine (SIGTERM to its process group, then
@@ -65,6 +67,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote
 
+PROBE_HEADER = "X-Deployctl-Probe"  # the launcher's readiness completion: not counted
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 STREAMABLE_PATHS = ("/v1/chat/completions", "/v1/completions")
 ALLOWED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -642,7 +645,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return 400
         self._unread_body = False
-        counted = self.command == "POST" and path in INFERENCE_PATHS
+        counted = (
+            self.command == "POST" and path in INFERENCE_PATHS and PROBE_HEADER not in self.headers
+        )
         sent, injected = _inject_usage(body) if path in STREAMABLE_PATHS else (body, False)
         target = path + ("?" + query if query else "")
         usage, answered = Usage(), False

@@ -115,7 +115,7 @@ def wait_ready(
                     started = clock()
                     r = client.post(
                         f"{base}/v1/completions",
-                        headers=headers,
+                        headers={**headers, "X-Deployctl-Probe": "ready"},  # not counted as use
                         json={"model": model_name, "prompt": "Hello", "max_tokens": 1},
                     )
                     if r.status_code == 200 and r.json().get("choices"):

@@ -74,14 +74,14 @@ def test_override_is_recorded_and_the_ledger_matches_the_clouds_bill(vast, capsy
 
     code, cost, _ = cli_json(capsys, "cost")
     (row,) = cost["rows"]
-    # 3 of ours + the one-token completion of the readiness check, through the guard too
-    assert row["key"] == up["deployment_id"] and row["requests"] == 4
+    # 3 of ours; the launcher's one-token readiness completion is never counted
+    assert row["key"] == up["deployment_id"] and row["requests"] == 3
     assert row["completion_tokens"] > 0 and row["tokens"] > row["completion_tokens"]
     # ours runs from the rent intent to the verified destroy: never less than the cloud's
     assert row["cost_usd"] >= cloud_usd - 1e-6
     assert row["cost_usd"] == pytest.approx(cloud_usd, abs=up["actual_price_per_hour_usd"] / 360)
     assert row["cold_start_avg_s"] > 0 and row["failed_instances"] == 0
-    assert row["usd_per_1000_requests"] == pytest.approx(row["cost_usd"] / 4 * 1000, rel=1e-3)
+    assert row["usd_per_1000_requests"] == pytest.approx(row["cost_usd"] / 3 * 1000, rel=1e-3)
     assert cost["budget"]["monthly_usd"] == pytest.approx(0.01) and cost["budget"]["ratio"] > 0
     assert [o["deployment_id"] for o in cost["overrides"]] == [up["deployment_id"]]
 

@@ -302,6 +302,19 @@ def test_health_pings_do_not_keep_it_alive(start_guard):
     assert "teardown: idle for" in g.log()
 
 
+def test_the_launchers_readiness_probe_is_forwarded_but_never_counted(start_guard):
+    g = start_guard()
+    probe = {"X-Deployctl-Probe": "ready"}
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1}
+    for _ in range(3):
+        assert g.call("POST", "/v1/completions", body, headers=probe).status == 200
+    assert g.call("POST", "/v1/completions", body, key=None, headers=probe).status == 401
+    status = g.status()
+    assert status["requests"] == 0 and status["completion_tokens"] == 0
+    assert g.chat(max_tokens=1).status == 200
+    assert g.status(requests=1)["requests"] == 1
+
+
 @pytest.mark.slow
 def test_real_requests_reset_idle(start_guard):
     g = start_guard("--keep-alive-s", 2, "--teardown", "local")
