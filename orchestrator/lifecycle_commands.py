@@ -135,6 +135,12 @@ def _plan(spec, task: str, names, providers, config, phases: _Phases):
     if not search.offers and search.results and len(failed) == len(search.results):
         # Nobody answered: an operation that failed (exit 1), not a task that fits nothing.
         said = "; ".join(f"{r.name}: {r.status} ({r.message})" for r in failed)
+        if all(r.status == "skipped" for r in failed):
+            raise DeployctlError(
+                "no provider can search offers (none is set up), so nothing was rented: "
+                + said,
+                hint="set a provider's key (see the README's Providers) or use --provider local",
+            )
         raise DeployctlError(
             f"no provider answered the offer search, so nothing was rented: {said}",
             hint="check the provider's status and your key, then run it again",
