@@ -217,26 +217,30 @@ class Launcher:
             if not self._still_offered(provider, offer):
                 raise OfferUnavailableError(provider.name, "no longer offered at that price")
             spec = self._spec(provider, task, offer, key)
+            # Until the call answers (or fails as a provider error), an interruption or a
+            # crash may leave an instance we never heard of: see _find_interrupted_rent.
             self._renting = (provider, jid)
-            instance = provider.launch(offer, spec, name=dep.label, labels={"deployctl": dep.id})
+            try:
+                instance = provider.launch(
+                    offer, spec, name=dep.label, labels={"deployctl": dep.id}
+                )
+            except ProviderError:
+                self._renting = None
+                raise
             self._renting = None
         except LaunchFailedError as exc:
-            self._renting = None
             self.state.journal_failed(jid, str(exc), exc.instance_id)
             if exc.instance_id:
                 self._live = (provider, exc.instance_id)
                 self._destroy(dep.id)
             return self._fail(dep.id, n, "failed", str(exc), exc.instance_id)
         except OfferUnavailableError as exc:
-            self._renting = None
             self.state.journal_failed(jid, str(exc))
             return self._fail(dep.id, n, "unavailable", str(exc))
         except CredentialsError as exc:
-            self._renting = None
             self.state.journal_failed(jid, str(exc))
             return self._fail(dep.id, n, "failed", f"credentials: {exc}")
         except ProviderError as exc:
-            self._renting = None
             self.state.journal_failed(jid, str(exc))
             return self._fail(dep.id, n, "failed", str(exc))
         iid = instance.instance_id
