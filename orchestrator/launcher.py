@@ -28,6 +28,7 @@ from .errors import (
     LaunchFailedError,
     OfferUnavailableError,
     ProviderError,
+    RetryableProviderError,
 )
 from .health import NotReadyError, Probe, wait_ready, wait_running
 from .models import (
@@ -85,28 +86,43 @@ def destroy_and_verify(
     poll_s: float = 2.0,
 ) -> None:
     """Terminate `instance_id`, then prove it is gone: get() is None/gone and the
-    provider's listing no longer shows it. Journaled before the call; raises if unproven."""
+    provider's listing no longer shows it. Journaled before the call; raises if unproven.
+
+    Ending an instance is worth more patience than a read: a terminate that still fails
+    after the provider's own retries (5xx, 429, timeouts) is tried again, and a transient
+    failure while verifying is waited out, both until `timeout_s`."""
     jid = state.journal_intent(deployment_id, "terminate", provider.name, instance_id=instance_id)
+    deadline = time.monotonic() + timeout_s
     with signals_shielded():
-        try:
-            provider.terminate(instance_id)
-        except ProviderError as exc:
-            state.journal_failed(jid, str(exc))
-            raise
-        deadline = time.monotonic() + timeout_s
         while True:
-            instance = provider.get(instance_id)
-            gone = instance is None or instance.state.value == "gone"
-            if gone and all(
-                i.instance_id != instance_id for i in provider.list_instances(LABEL_PREFIX)
-            ):
-                state.journal_done(jid, instance_id, "verified gone")
-                state.add_event(deployment_id, "terminated", f"{provider.name} {instance_id}")
-                return
+            try:
+                provider.terminate(instance_id)
+                break
+            except RetryableProviderError as exc:
+                if time.monotonic() + poll_s >= deadline:
+                    state.journal_failed(jid, str(exc))
+                    raise
+            except ProviderError as exc:
+                state.journal_failed(jid, str(exc))
+                raise
+            time.sleep(poll_s)
+        problem = "still listed after terminate"
+        while True:
+            try:
+                instance = provider.get(instance_id)
+                gone = instance is None or instance.state.value == "gone"
+                if gone and all(
+                    i.instance_id != instance_id for i in provider.list_instances(LABEL_PREFIX)
+                ):
+                    state.journal_done(jid, instance_id, "verified gone")
+                    state.add_event(deployment_id, "terminated", f"{provider.name} {instance_id}")
+                    return
+            except RetryableProviderError as exc:
+                problem = f"not verified gone: {exc.message}"
             if time.monotonic() >= deadline:
-                state.journal_failed(jid, "still listed after terminate", instance_id)
+                state.journal_failed(jid, problem, instance_id)
                 raise DeployctlError(
-                    f"{provider.name} instance {instance_id} still exists after terminate",
+                    f"{provider.name} instance {instance_id}: {problem}",
                     hint="run `deployctl reap` to retry; check the provider's console",
                 )
             time.sleep(poll_s)

@@ -207,3 +207,39 @@ def test_offer_unavailable_at_launch(state, monkeypatch):
     task, cands = candidates()
     result = Launcher(state, {"mem": provider}, options=LaunchOptions(poll_s=0.01)).up(task, cands)
     assert [a.outcome for a in state.attempts(result.deployment.id)] == ["unavailable", "ready"]
+
+
+def test_destroy_outlasts_a_flaky_provider_api_and_gives_up_at_its_deadline(state):
+    """terminate is tried again after the provider's own retries ran out, and a failing
+    read while verifying is waited out; past the deadline it fails, journaled."""
+    from orchestrator.errors import ProviderUnavailableError
+    from orchestrator.launcher import destroy_and_verify
+
+    provider = MemoryProvider()
+    provider.instances["i9"] = Instance(provider="mem", instance_id="i9",
+                                        state=InstanceState.RUNNING)  # fmt: skip
+    faults = {"terminate": 3, "get": 2}
+    real_terminate, real_get = provider.terminate, provider.get
+
+    def flaky(name, real):
+        def call(iid):
+            if faults[name] > 0:
+                faults[name] -= 1
+                raise ProviderUnavailableError("mem", "HTTP 503 from the API")
+            return real(iid)
+        return call
+
+    provider.terminate, provider.get = flaky("terminate", real_terminate), flaky("get", real_get)
+    dep = state.new_deployment("t", "{}", 60, 600)
+    destroy_and_verify(state, provider, dep.id, "i9", timeout_s=10, poll_s=0.01)
+    assert provider.instances == {} and faults == {"terminate": 0, "get": 0}
+    (entry,) = state.journal(dep.id)
+    assert (entry.action, entry.state) == ("terminate", "done")
+
+    provider.instances["i10"] = Instance(provider="mem", instance_id="i10",
+                                         state=InstanceState.RUNNING)  # fmt: skip
+    faults["terminate"] = 10_000
+    with pytest.raises(ProviderUnavailableError):
+        destroy_and_verify(state, provider, dep.id, "i10", timeout_s=0.2, poll_s=0.01)
+    assert "i10" in provider.instances
+    assert [e.state for e in state.journal(dep.id)] == ["done", "failed"]
