@@ -36,11 +36,11 @@ import secrets
 import socket
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from .errors import BadInputError, redact
-from .state import State
+from .state import State, _dt, _ts  # one time format for the whole state database
 
 __all__ = [
     "ACTIVE",
@@ -86,19 +86,6 @@ _SESSION_SETTABLE = frozenset((
     "deployment_id", "tries", "claimed_pid", "claimed_host", "claimed_at", "started_at",
     "ended_at", "note",
 ))  # fmt: skip
-
-
-def _ts(value: datetime | None) -> str | None:
-    """ISO-8601 UTC at fixed width (as state.py writes them): text order is time order."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 @dataclass(frozen=True)
