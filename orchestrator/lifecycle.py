@@ -124,7 +124,7 @@ def refresh(state: State, dep: Deployment) -> tuple[Deployment, GuardStatus | No
     if not getattr(provider, "guarded", True) and _past_ttl(dep):
         # No guard inside a managed endpoint: deployctl itself enforces the ttl.
         return down(state, dep, reason="ttl reached (deleted by deployctl)"), None
-    if _past_ttl(dep, backstop_s()):
+    if _past_ttl(dep) and _past_ttl(dep, backstop_s()):  # config read only when past ttl
         # Its guard should have ended it at the ttl (API down, key revoked, guard gone):
         # whoever looks next ends it, rather than let it bill on.
         with contextlib.suppress(DeployctlError):
