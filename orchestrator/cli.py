@@ -7,8 +7,11 @@ Heavy imports (pydantic models, rich, providers) happen inside the commands, so 
 from __future__ import annotations
 
 import functools
+import gc
+import importlib
 import os
 import sys
+from types import ModuleType
 
 import click
 
@@ -29,6 +32,19 @@ class _Finite(click.FloatRange):
 POSITIVE = _Finite(min=0, min_open=True, max=1e9)
 NON_NEGATIVE = _Finite(min=0, max=1e9)
 COUNT = click.IntRange(min=1, max=1_000_000)
+
+
+def _load(module: str) -> ModuleType:
+    """Import a command's module (and with it pydantic, the models, the providers) with
+    the cyclic GC paused, then freeze what it loaded: imports build long-lived objects
+    only, and the collections they set off cost `up` ~30 ms of its start-up and exit
+    (bench/lifecycle_speed.py). Later garbage is collected as usual."""
+    gc.disable()
+    try:
+        return importlib.import_module(f"{__package__}.{module}")
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _provider_option(f):
@@ -129,7 +145,7 @@ def offers(
     as_json,
 ) -> None:
     """List GPU offers from every provider at once, cheapest first."""
-    from . import commands
+    commands = _load("commands")
 
     commands.offers_command(
         gpus=gpus,
@@ -185,7 +201,7 @@ def plan(
     as_json,
 ) -> None:
     """Size TASK (a built-in name or a YAML path) and pick the cheapest offer that serves it."""
-    from . import commands
+    commands = _load("commands")
 
     commands.plan_command(
         task=task,
@@ -214,7 +230,7 @@ def plan(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def estimate(model, gpu, gpu_count, quant, engine, context, concurrency, price, as_json) -> None:
     """Size MODEL (task, repo or architecture name) on one GPU configuration; no offers."""
-    from . import commands
+    commands = _load("commands")
 
     commands.estimate_command(
         model=model,
@@ -233,7 +249,7 @@ def estimate(model, gpu, gpu_count, quant, engine, context, concurrency, price, 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(as_json) -> None:
     """Model architectures known to the sizer, and the built-in tasks."""
-    from . import commands
+    commands = _load("commands")
 
     commands.models_command(as_json=as_json)
 
@@ -242,7 +258,7 @@ def models(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def gpus(as_json) -> None:
     """The GPU table: VRAM, bandwidth, TFLOPS, compute capability, kernels."""
-    from . import commands
+    commands = _load("commands")
 
     commands.gpus_command(as_json=as_json)
 
@@ -272,7 +288,7 @@ def up(task, providers, overrides, keep_alive, ttl, max_attempts, boot_timeout, 
     """Rent the cheapest offer that serves TASK, wait until the model answers, print the
     endpoint and its key. Its guard destroys it when idle or too old. Limits and the
     monthly budget are checked first: a refusal exits 3 and creates nothing."""
-    from . import lifecycle_commands
+    lifecycle_commands = _load("lifecycle_commands")
     from .launcher import LaunchOptions
 
     lifecycle_commands.up_command(
@@ -295,7 +311,7 @@ def up(task, providers, overrides, keep_alive, ttl, max_attempts, boot_timeout, 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(show_all, as_json) -> None:
     """Deployments with provider, GPU, price, age, idle time, state and cost so far."""
-    from . import lifecycle_commands
+    lifecycle_commands = _load("lifecycle_commands")
 
     lifecycle_commands.status_command(show_all=show_all, as_json=as_json)
 
@@ -306,7 +322,7 @@ def status(show_all, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def down(refs, everything, as_json) -> None:
     """Destroy deployments (id, id prefix or task name), verify they are gone, close bills."""
-    from . import lifecycle_commands
+    lifecycle_commands = _load("lifecycle_commands")
 
     lifecycle_commands.down_command(refs=refs, everything=everything, as_json=as_json)
 
@@ -316,7 +332,7 @@ def down(refs, everything, as_json) -> None:
 @click.option("--tail", type=COUNT, default=200, show_default=True)
 def logs(ref, tail) -> None:
     """The last lines of a deployment's guard and engine log."""
-    from . import lifecycle_commands
+    lifecycle_commands = _load("lifecycle_commands")
 
     lifecycle_commands.logs_command(ref=ref, tail=tail)
 
@@ -327,7 +343,7 @@ def logs(ref, tail) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def reap(dry_run, providers, as_json) -> None:
     """Destroy every deployctl instance the journal does not hold as live, and verify."""
-    from . import lifecycle_commands
+    lifecycle_commands = _load("lifecycle_commands")
 
     lifecycle_commands.reap_command(dry_run=dry_run, providers=providers, as_json=as_json)
 
@@ -341,7 +357,7 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def config_show(as_json) -> None:
     """Every setting with where it comes from (default, file, env, flag); never a secret."""
-    from . import money_commands
+    money_commands = _load("money_commands")
 
     money_commands.config_show_command(as_json=as_json)
 
@@ -352,7 +368,7 @@ def config_show(as_json) -> None:
 def config_set(key, value) -> None:
     """Validate and store one setting (e.g. budget.monthly 20). credentials.* keys go to
     the private credentials file (mode 0600)."""
-    from . import money_commands
+    money_commands = _load("money_commands")
 
     money_commands.config_set_command(key=key, value=value)
 
@@ -366,7 +382,7 @@ def config_set(key, value) -> None:
 def cost(month, by, as_json, as_csv) -> None:
     """Spend of a month: cost per 1000 requests and per 1M tokens served, cold start, idle
     waste, and the month against the budget."""
-    from . import money_commands
+    money_commands = _load("money_commands")
 
     money_commands.cost_command(month=month, by=by, as_json=as_json, as_csv=as_csv)
 
@@ -382,7 +398,7 @@ def metrics() -> None:
               help="Address to listen on (loopback by default).")
 def metrics_serve(port, host) -> None:
     """Serve /metrics: spend, budget ratio, GPU-seconds, cold starts, requests, tokens."""
-    from . import money_commands
+    money_commands = _load("money_commands")
 
     money_commands.metrics_command(host=host, port=port)
 
@@ -421,12 +437,13 @@ def ab(task_a, task_b, prompts, requests, concurrency, max_tokens, seed, warmup,
        fail_on) -> None:
     """Deploy A and B, replay the same prompts against both, report latency, cost and
     quality side by side, and destroy both (verified), whatever happens."""
-    from .abtest import RigOptions, ab_command, parse_sets
+    abtest = _load("abtest")
     from .launcher import LaunchOptions
 
-    ab_command(RigOptions(
+    abtest.ab_command(abtest.RigOptions(
         task_a=task_a, task_b=task_b, prompts_path=prompts,
-        overrides_a=parse_sets(a_set, "--a-set"), overrides_b=parse_sets(b_set, "--b-set"),
+        overrides_a=abtest.parse_sets(a_set, "--a-set"),
+        overrides_b=abtest.parse_sets(b_set, "--b-set"),
         requests=requests, concurrency=concurrency, max_tokens=max_tokens, seed=seed,
         warmup=warmup, same_gpu=same_gpu, providers=providers, keep_alive=keep_alive, ttl=ttl,
         sequential=sequential, request_timeout_s=request_timeout,
@@ -456,7 +473,7 @@ def schedule() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def schedule_add(task, at, duration, tz, lead, repeat, grace, providers, as_json) -> None:
     """Book TASK for a window; budget and limits are checked now and again at its start."""
-    from . import schedule_commands
+    schedule_commands = _load("schedule_commands")
 
     schedule_commands.add_command(task=task, at=at, duration=duration, tz=tz, lead=lead,
                                   repeat=repeat, grace=grace, providers=providers,
@@ -469,7 +486,7 @@ def schedule_add(task, at, duration, tz, lead, repeat, grace, providers, as_json
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def schedule_list(show_all, show_key, as_json) -> None:
     """Schedules and their sessions (times in each schedule's zone)."""
-    from . import schedule_commands
+    schedule_commands = _load("schedule_commands")
 
     schedule_commands.list_command(show_all=show_all, as_json=as_json, show_key=show_key)
 
@@ -479,7 +496,7 @@ def schedule_list(show_all, show_key, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def schedule_rm(ref, as_json) -> None:
     """Cancel a schedule's upcoming sessions; a running one still ends at its end."""
-    from . import schedule_commands
+    schedule_commands = _load("schedule_commands")
 
     schedule_commands.rm_command(ref=ref, as_json=as_json)
 
@@ -489,7 +506,7 @@ def schedule_rm(ref, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def schedule_tick(now, as_json) -> None:
     """Start what is due, end what is over, report it; idempotent, safe to overlap (cron)."""
-    from . import schedule_commands
+    schedule_commands = _load("schedule_commands")
 
     schedule_commands.tick_command(as_json=as_json, now=now)
 
@@ -499,7 +516,7 @@ def schedule_tick(now, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per tick that acted.")
 def schedule_run(interval, as_json) -> None:
     """Tick in the foreground every --interval seconds (systemd, tmux) until SIGTERM."""
-    from . import schedule_commands
+    schedule_commands = _load("schedule_commands")
 
     schedule_commands.run_command(interval_s=interval, as_json=as_json)
 
@@ -514,7 +531,7 @@ def schedule_export(kind, interval) -> None:
     """Print a ready-to-use snippet that keeps ticks coming."""
     if not kind:
         raise click.UsageError("choose one of --cron, --systemd or --github-actions")
-    from . import schedule_commands
+    schedule_commands = _load("schedule_commands")
 
     schedule_commands.export_command(kind=kind, interval_s=interval)
 

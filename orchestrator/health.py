@@ -91,7 +91,9 @@ def wait_ready(
     headers = {"Authorization": f"Bearer {key}"}
     phase = "guard"
     last_problem = "no answer yet"
-    delay = min(0.1, poll_s)  # start fast, back off to poll_s
+    # Start fast (a local engine answers within a second; each miss is one cheap request),
+    # back off to poll_s after 5 s (a cloud GPU loads its model for minutes).
+    delay = min(0.025, poll_s)
     with httpx.Client(timeout=httpx.Timeout(10.0, read=120.0)) as client:
         while True:
             if on_phase:
