@@ -54,7 +54,7 @@ _UNPACK = (
 _BOOTSTRAP = """\
 set -eu
 D="${{DEPLOYCTL_DIR:-{guard_dir}}}"
-mkdir -p "$D"
+[ -d "$D" ] || mkdir -p "$D"
 PY="${{DEPLOYCTL_PYTHON:-$(command -v python3 || true)}}"
 if [ -z "$PY" ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 >/dev/null
