@@ -78,10 +78,12 @@ def serve(path: str, idle_s: float) -> int:
                 continue
             with contextlib.ExitStack() as cleanup:
                 cleanup.callback(conn.close)
+                if not _same_user(conn):
+                    continue
                 request, fds = _receive(conn)
                 for fd in fds:
                     cleanup.callback(os.close, fd)
-                if request is None or not _same_user(conn):
+                if request is None:
                     continue
                 control = request.get("control")
                 _reap(children)
@@ -102,7 +104,7 @@ def serve(path: str, idle_s: float) -> int:
                     continue
                 last_used = time.monotonic()  # commands count as use; `status` does not
                 pid = os.fork()
-                if pid == 0:  # pragma: no cover - runs in the child (covered by tests/cli)
+                if pid == 0:  # the child: tests/e2e/test_agent.py
                     listener.close()
                     _run_child(conn, request, fds)
                 children.add(pid)
@@ -210,6 +212,7 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     once its streams are flushed (unwinding would run the agent's own clean-up; deployctl
     registers no atexit handlers)."""
     code = 1
+    done = threading.Event()
     try:
         os.setpgid(0, 0)  # out of the agent's group: `agent stop` never reaches a command
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -222,25 +225,30 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os.environ.update(request["env"])
         time.tzset()
         sys.argv = ["deployctl", *request["argv"]]
-        done = threading.Event()
         threading.Thread(target=_watch, args=(conn, done), daemon=True).start()
         _reply(conn, {"pid": os.getpid()})
         from .cli import main
 
-        try:
-            code = main(list(request["argv"]))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = main(list(request["argv"]))
+    except KeyboardInterrupt:  # a forwarded Ctrl-C before the command took over
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:  # the caller must hear why, not a traceback
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"deployctl: the agent could not run the command "
+                             f"({type(exc).__name__}: {exc})\n")  # fmt: skip
+    finally:
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(Exception):
                 stream.flush()
         done.set()
         # Let go of the caller's streams before exiting, so a pipe reader sees EOF now.
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        _reply(conn, {"exit": code})
-    finally:
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+        _reply(conn, {"exit": code if isinstance(code, int) else 1})
         os._exit(code if isinstance(code, int) else 1)
 
 

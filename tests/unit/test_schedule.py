@@ -18,6 +18,7 @@ import yaml
 
 from orchestrator import schedule as sched
 from orchestrator import schedule_store as store
+from orchestrator import state as state_mod
 from orchestrator.errors import BadInputError, DeployctlError, GuardrailRefusedError
 from orchestrator.models import Offer
 from orchestrator.schedule_time import (
@@ -363,7 +364,9 @@ def test_add_reports_a_clash_with_max_deployments(state, monkeypatch):
     book(state, at=T + minutes(20))
     # a live deployment that may still run then: reported as a warning, not refused
     monkeypatch.setenv("DEPLOYCTL_LIMITS_MAX_DEPLOYMENTS", "1")
-    state.new_deployment("other", "{}", 900, 0)  # no ttl: it may run for ever
+    with monkeypatch.context() as clock:  # made at T (the booking's `now`), not today
+        clock.setattr(state_mod, "_now", lambda: T)
+        state.new_deployment("other", "{}", 900, 0)  # no ttl: it may run for ever
     added = book(state, at=T + timedelta(days=5), now=T)
     assert any("clash" in w for w in added.warnings)
 
@@ -404,11 +407,11 @@ def test_cli_add_list_tick_rm_json_and_status_rows(tmp_path, monkeypatch, capsys
     from orchestrator.schedule_commands import session_rows
 
     monkeypatch.setenv("DEPLOYCTL_STATE_DIR", str(tmp_path / "cli-state"))
-    code = main(["schedule", "add", "smollm2-135m", "--at", "2026-12-01 14:00", "--for", "3h",
+    code = main(["schedule", "add", "smollm2-135m", "--at", "2099-12-01 14:00", "--for", "3h",
                  "--tz", "Europe/Paris", "--lead", "10m", "--provider", "local", "--json"])
     added = json.loads(capsys.readouterr().out)
-    assert code == 0 and added["session"]["starts_at"] == "2026-12-01T13:00:00+00:00"
-    assert added["session"]["starts_local"] == "2026-12-01 14:00 CET"
+    assert code == 0 and added["session"]["starts_at"] == "2099-12-01T13:00:00+00:00"
+    assert added["session"]["starts_local"] == "2099-12-01 14:00 CET"
     assert main(["schedule", "list", "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)["schedules"]
     assert listed["sessions"][0]["status"] == "upcoming" and listed["lead_s"] == 600
@@ -416,12 +419,12 @@ def test_cli_add_list_tick_rm_json_and_status_rows(tmp_path, monkeypatch, capsys
         assert [r["status"] for r in session_rows(s)] == ["upcoming"]
     assert main(["status", "--json"]) == 0  # upcoming sessions are part of `status`
     assert [r["starts_local"] for r in json.loads(capsys.readouterr().out)["sessions"]] == [
-        "2026-12-01 14:00 CET"]
+        "2099-12-01 14:00 CET"]
     assert main(["status"]) == 0
     text = capsys.readouterr().out
     assert "scheduled sessions" in text and "upcoming" in text
     # a tick after the window: missed (no launch), reported in JSON, exit 0
-    assert main(["schedule", "tick", "--now", "2026-12-01T17:00:00+00:00", "--json"]) == 0
+    assert main(["schedule", "tick", "--now", "2099-12-01T17:00:00+00:00", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [a["kind"] for a in report["actions"]] == ["missed"]
     assert main(["schedule", "rm", listed["id"][:4]]) == 0
