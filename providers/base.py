@@ -32,7 +32,7 @@ from orchestrator.errors import (
 from orchestrator.models import ContainerSpec, CredentialStatus, Instance, Offer, OfferQuery
 from orchestrator.retry import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
-__all__ = ["HttpApi", "Provider", "canonical_gpu", "env_secret"]
+__all__ = ["HttpApi", "KeyedProvider", "Provider", "canonical_gpu", "env_secret"]
 
 USER_AGENT = "deployctl/0.1"
 
@@ -102,6 +102,55 @@ def env_secret(name: str) -> str | None:
     from orchestrator.credentials import stored_secret
 
     return stored_secret(name)
+
+
+class KeyedProvider:
+    """What the adapters that hold one account key share: the key (argument, else the
+    environment, else `deployctl login`'s store), the API's base URL (argument, else
+    `url_env`, else `default_url`), timeout and retry policy, the credential check and an
+    `HttpApi` that sends the key as a bearer token. Subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    key_env: ClassVar[str]  # VAST_API_KEY, RUNPOD_API_KEY, HF_TOKEN
+    url_env: ClassVar[str]
+    default_url: ClassVar[str]
+    key_hint: ClassVar[str]  # how to set the key, said with every credentials error
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float = 10.0,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.api_key = (api_key or "").strip() or env_secret(self.key_env)
+        self.base_url = (base_url or os.environ.get(self.url_env) or self.default_url).rstrip("/")
+        self.timeout_s = timeout_s
+        self.policy = policy
+        self.unknown_gpu_names: set[str] = set()  # vendor GPU names of the last listing
+
+    def check_credentials(self) -> CredentialStatus:
+        """Whether a key is configured (the first real call validates it)."""
+        if not self.api_key:
+            return CredentialStatus(ok=False, hint=self.key_hint)
+        return CredentialStatus(ok=True)
+
+    def _require_key(self) -> str:
+        if not self.api_key:
+            raise CredentialsError(self.name, f"no {self.key_env} configured", hint=self.key_hint)
+        return self.api_key
+
+    def _api(self, policy: RetryPolicy | None = None, timeout_s: float | None = None) -> HttpApi:
+        key = self._require_key()
+        return HttpApi(
+            self.name,
+            self.base_url,
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            timeout_s=timeout_s or self.timeout_s,
+            policy=policy or self.policy,
+            secrets=(key,),
+        )
 
 
 class HttpApi:

@@ -58,7 +58,6 @@ from orchestrator.errors import (
 )
 from orchestrator.models import (
     ContainerSpec,
-    CredentialStatus,
     Instance,
     InstanceState,
     Offer,
@@ -66,7 +65,7 @@ from orchestrator.models import (
 )
 from orchestrator.retry import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
-from .base import HttpApi, canonical_gpu, env_secret
+from .base import KeyedProvider, canonical_gpu
 
 __all__ = ["HfEndpointsProvider", "model_settings"]
 
@@ -101,10 +100,14 @@ class _GoneError(ProviderError):
     """HTTP 404/410 from the endpoint API: no such endpoint."""
 
 
-class HfEndpointsProvider:
+class HfEndpointsProvider(KeyedProvider):
     """Dedicated Hugging Face Inference Endpoints that scale to zero."""
 
     name: ClassVar[str] = "hf"
+    key_env: ClassVar[str] = "HF_TOKEN"
+    url_env: ClassVar[str] = API_URL_ENV
+    default_url: ClassVar[str] = DEFAULT_API_URL
+    key_hint: ClassVar[str] = KEY_HINT
     guarded: ClassVar[bool] = False  # the platform authenticates (HF token); no guard runs
     teardown: ClassVar[str] = "none"
 
@@ -121,37 +124,10 @@ class HfEndpointsProvider:
     ) -> None:
         import os
 
-        self.token = (api_key or "").strip() or env_secret("HF_TOKEN")
-        self.base_url = (base_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+        super().__init__(api_key, base_url, timeout_s, policy=policy)
         self.hub_url = (hub_url or os.environ.get(HUB_URL_ENV) or "").rstrip("/") or None
         self.namespace = (namespace or os.environ.get(NAMESPACE_ENV) or "").strip() or None
-        self.timeout_s = timeout_s
-        self.policy = policy
         self.max_replica = max_replica
-        self.unknown_gpu_names: set[str] = set()
-
-    # -- credentials ----------------------------------------------------------------------
-    def check_credentials(self) -> CredentialStatus:
-        """Whether a token is configured (it is validated by the first real call)."""
-        if not self.token:
-            return CredentialStatus(ok=False, hint=KEY_HINT)
-        return CredentialStatus(ok=True)
-
-    def _require_token(self) -> str:
-        if not self.token:
-            raise CredentialsError(self.name, "no HF token configured", hint=KEY_HINT)
-        return self.token
-
-    def _api(self, policy: RetryPolicy | None = None) -> HttpApi:
-        token = self._require_token()
-        return HttpApi(
-            self.name,
-            self.base_url,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            timeout_s=self.timeout_s,
-            policy=policy or self.policy,
-            secrets=(token,),
-        )
 
     # -- offers -----------------------------------------------------------------------------
     def list_offers(self, query: OfferQuery) -> list[Offer]:
@@ -238,7 +214,7 @@ class HfEndpointsProvider:
                 constants.INFERENCE_ENDPOINTS_ENDPOINT = saved
 
     def _client(self) -> Any:
-        return _hub().HfApi(endpoint=self.hub_url, token=self._require_token())
+        return _hub().HfApi(endpoint=self.hub_url, token=self._require_key())
 
     def _call(
         self, method: str, *args: Any, policy: RetryPolicy | None = None, **kwargs: Any
@@ -250,7 +226,7 @@ class HfEndpointsProvider:
         def once() -> Any:
             with self._endpoints_url():
                 try:
-                    return getattr(client, method)(*args, token=self.token, **kwargs)
+                    return getattr(client, method)(*args, token=self.api_key, **kwargs)
                 except Exception as exc:  # translated at the adapter boundary
                     raise self._translate(exc, method) from None
 
@@ -262,7 +238,7 @@ class HfEndpointsProvider:
 
         def once() -> Any:
             try:
-                return client.whoami(token=self.token)
+                return client.whoami(token=self.api_key)
             except Exception as exc:
                 raise self._translate(exc, "whoami") from None
 
@@ -412,7 +388,7 @@ class HfEndpointsProvider:
         model = str((instance.raw.get("model") or {}).get("repository") or "tgi")
         body = {"model": model, "messages": [{"role": "user", "content": "ping"}],
                 "max_tokens": 1}  # fmt: skip
-        headers = {"Authorization": f"Bearer {self._require_token()}"}
+        headers = {"Authorization": f"Bearer {self._require_key()}"}
         url = f"{instance.endpoint_url.rstrip('/')}/v1/chat/completions"
         try:
             response = httpx.post(url, json=body, headers=headers, timeout=timeout_s)

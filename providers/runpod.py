@@ -61,7 +61,6 @@ from orchestrator.errors import (
 )
 from orchestrator.models import (
     ContainerSpec,
-    CredentialStatus,
     Instance,
     InstanceState,
     Offer,
@@ -69,7 +68,7 @@ from orchestrator.models import (
 )
 from orchestrator.retry import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
-from .base import HttpApi, canonical_gpu, env_secret
+from .base import KeyedProvider, canonical_gpu
 
 __all__ = [
     "DEFAULT_PROXY_URL",
@@ -179,10 +178,14 @@ _RATE_WORDS = ("rate limit", "too many requests", "throttl")
 _TRANSIENT_WORDS = ("try again", "temporarily", "timed out", "timeout", "unavailable")
 
 
-class RunPodProvider:
+class RunPodProvider(KeyedProvider):
     """Offers from RunPod's secure and community clouds, on-demand and spot."""
 
     name: ClassVar[str] = "runpod"
+    key_env: ClassVar[str] = "RUNPOD_API_KEY"
+    url_env: ClassVar[str] = "RUNPOD_API_BASE_URL"
+    default_url: ClassVar[str] = DEFAULT_URL
+    key_hint: ClassVar[str] = KEY_HINT
 
     def __init__(
         self,
@@ -193,20 +196,8 @@ class RunPodProvider:
         policy: RetryPolicy = DEFAULT_POLICY,
         proxy_url: str | None = None,
     ) -> None:
-        self.api_key = (api_key or "").strip() or env_secret("RUNPOD_API_KEY")
-        url = base_url or os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_URL
-        self.base_url = url.rstrip("/")
-        self.timeout_s = timeout_s
-        self.policy = policy
+        super().__init__(api_key, base_url, timeout_s, policy=policy)
         self.proxy_url = proxy_url or os.environ.get("RUNPOD_PROXY_URL") or DEFAULT_PROXY_URL
-        self.unknown_gpu_names: set[str] = set()
-
-    # -- credentials ----------------------------------------------------------------------
-    def check_credentials(self) -> CredentialStatus:
-        """Whether a key is configured (it is validated by the first real call)."""
-        if not self.api_key:
-            return CredentialStatus(ok=False, hint=KEY_HINT)
-        return CredentialStatus(ok=True)
 
     # -- GraphQL --------------------------------------------------------------------------
     def graphql(
@@ -224,18 +215,10 @@ class RunPodProvider:
         it (the lifecycle) any error raises: a failed mutation answers
         `{"data": {"podTerminate": null}, "errors": [...]}`, which must not read as success.
         """
-        if not self.api_key:
-            raise CredentialsError(self.name, "no API key configured", hint=KEY_HINT)
         # One HTTP attempt per try: the retry loop is out here so that GraphQL-level
         # errors (HTTP 200) are classified before deciding whether to retry.
-        http = HttpApi(
-            self.name,
-            self.base_url,
-            headers={"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"},
-            timeout_s=timeout_s or self.timeout_s,
-            policy=RetryPolicy(attempts=1, deadline_s=(timeout_s or self.timeout_s) * 2),
-            secrets=(self.api_key,),
-        )
+        one_try = RetryPolicy(attempts=1, deadline_s=(timeout_s or self.timeout_s) * 2)
+        http = self._api(one_try, timeout_s)
         body = {"query": query, "variables": variables or {}}
 
         def once() -> dict[str, Any]:

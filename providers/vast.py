@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
@@ -51,7 +50,6 @@ from orchestrator.errors import (
 )
 from orchestrator.models import (
     ContainerSpec,
-    CredentialStatus,
     Instance,
     InstanceState,
     Offer,
@@ -59,7 +57,7 @@ from orchestrator.models import (
 )
 from orchestrator.retry import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
-from .base import HttpApi, canonical_gpu, env_secret
+from .base import HttpApi, KeyedProvider, canonical_gpu
 
 __all__ = ["VastProvider"]
 
@@ -86,10 +84,14 @@ KEY_HINT = (
 VRAM_PUSHDOWN_SLACK = 0.93
 
 
-class VastProvider:
+class VastProvider(KeyedProvider):
     """Offers from Vast.ai's marketplace, on-demand and interruptible."""
 
     name: ClassVar[str] = "vast"
+    key_env: ClassVar[str] = "VAST_API_KEY"
+    url_env: ClassVar[str] = "VAST_URL"
+    default_url: ClassVar[str] = DEFAULT_URL
+    key_hint: ClassVar[str] = KEY_HINT
     search_limit: ClassVar[int] = 400  # per search; the API's own default is 64
     # A bid at exactly min_bid is outbid by the next renter; 10 % above keeps the
     # instance for a while at a price still well under on-demand.
@@ -104,31 +106,8 @@ class VastProvider:
         policy: RetryPolicy = DEFAULT_POLICY,
         verified_only: bool = True,
     ) -> None:
-        self.api_key = (api_key or "").strip() or env_secret("VAST_API_KEY")
-        self.base_url = (base_url or os.environ.get("VAST_URL") or DEFAULT_URL).rstrip("/")
-        self.timeout_s = timeout_s
-        self.policy = policy
+        super().__init__(api_key, base_url, timeout_s, policy=policy)
         self.verified_only = verified_only
-        self.unknown_gpu_names: set[str] = set()
-
-    # -- credentials ----------------------------------------------------------------------
-    def check_credentials(self) -> CredentialStatus:
-        """Whether a key is configured (it is validated by the first real call)."""
-        if not self.api_key:
-            return CredentialStatus(ok=False, hint=KEY_HINT)
-        return CredentialStatus(ok=True)
-
-    def _api(self, policy: RetryPolicy | None = None) -> HttpApi:
-        if not self.api_key:
-            raise CredentialsError(self.name, "no API key configured", hint=KEY_HINT)
-        return HttpApi(
-            self.name,
-            self.base_url,
-            headers={"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"},
-            timeout_s=self.timeout_s,
-            policy=policy or self.policy,
-            secrets=(self.api_key,),
-        )
 
     # -- offers -----------------------------------------------------------------------------
     def list_offers(self, query: OfferQuery) -> list[Offer]:

@@ -436,15 +436,23 @@ def test_counters_tokens_status_and_metrics(start_guard):
 
 
 # -- teardown ----------------------------------------------------------------------------
+VAST_SCOPED_KEY = "vast-scoped-key-1234"
+
+
+def vast_env(url: str, container_id: str) -> dict[str, str]:
+    """What Vast sets in a container (its id and instance-scoped key), at the fake API."""
+    return {"VAST_URL": url, "CONTAINER_ID": container_id, "CONTAINER_API_KEY": VAST_SCOPED_KEY}
+
+
 def test_idle_teardown_destroys_the_vast_instance(start_guard, provider_api):
     api, url = provider_api
     api.fail_next(2, status=503)  # retried with backoff
-    env = {"VAST_URL": url, "CONTAINER_ID": "4242", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    env = vast_env(url, "4242")
     g = start_guard("--keep-alive-s", 1, "--teardown", "vast", env=env)
     engine_pid = g.engine_stats()["pid"]
     assert g.wait_exit(6) == 0
     assert [(c.method, c.path) for c in api.calls] == [("DELETE", "/api/v0/instances/4242/")] * 3
-    assert {bearer_token(c) for c in api.calls} == {"vast-scoped-key-1234"}
+    assert {bearer_token(c) for c in api.calls} == {VAST_SCOPED_KEY}
     assert not pid_alive(engine_pid)
     log = g.log()
     assert (
@@ -480,7 +488,7 @@ def test_ttl_teardown_terminates_the_runpod_pod(start_guard, provider_api):
 def test_teardown_that_never_succeeds_exits_1(start_guard, provider_api):
     api, url = provider_api
     api.fail_next(100, status=500)
-    env = {"VAST_URL": url, "CONTAINER_ID": "7", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    env = vast_env(url, "7")
     g = start_guard("--ttl-s", 1, "--teardown", "vast", "--teardown-attempts", 3, env=env)
     assert g.wait_exit(5) == 1
     assert len(api.calls) == 3
@@ -495,7 +503,7 @@ def test_teardown_retries_until_it_succeeds_by_default(start_guard, provider_api
     """No attempt limit unless one is set: an instance that cannot end itself bills."""
     api, url = provider_api
     api.fail_next(8, status=503)
-    env = {"VAST_URL": url, "CONTAINER_ID": "8", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    env = vast_env(url, "8")
     g = start_guard("--ttl-s", 1, "--teardown", "vast", "--teardown-backoff-max-s", 0.1, env=env)
     assert g.wait_exit(10) == 0
     assert len(api.calls) == 9
@@ -505,7 +513,7 @@ def test_teardown_retries_until_it_succeeds_by_default(start_guard, provider_api
 def test_sigterm_ends_the_teardown_retries(start_guard, provider_api):
     api, url = provider_api
     api.fail_next(10_000, status=500)
-    env = {"VAST_URL": url, "CONTAINER_ID": "8", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    env = vast_env(url, "8")
     g = start_guard("--ttl-s", 1, "--teardown", "vast", "--teardown-backoff-s", 60, env=env)
     wait_for(lambda: len(api.calls) >= 1, 10)
     g.proc.send_signal(signal.SIGTERM)  # mid-backoff: a 60 s wait it must not sit out
@@ -516,7 +524,7 @@ def test_sigterm_ends_the_teardown_retries(start_guard, provider_api):
 
 def test_engine_that_dies_is_torn_down_after_grace(start_guard, provider_api):
     api, url = provider_api
-    env = {"VAST_URL": url, "CONTAINER_ID": "9", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    env = vast_env(url, "9")
     g = start_guard(
         "--engine-grace-s", 1, "--teardown", "vast", engine=("--die-after-s", 1), env=env
     )
@@ -558,7 +566,7 @@ def test_engine_never_ready_is_torn_down_after_engine_start_s(start_guard):
 # -- signals -----------------------------------------------------------------------------
 def test_sigterm_stops_the_engine_without_a_provider_call(start_guard, provider_api):
     api, url = provider_api
-    env = {"VAST_URL": url, "CONTAINER_ID": "5", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    env = vast_env(url, "5")
     g = start_guard("--keep-alive-s", 60, "--teardown", "vast", env=env)
     engine_pid = g.engine_stats()["pid"]
     g.proc.send_signal(signal.SIGTERM)
@@ -702,7 +710,7 @@ def test_guard_source_is_python38_syntax():
 @pytest.mark.skipif(PYTHON38 is None, reason="no python3.8 on this machine")
 def test_runs_on_python38(start_guard, provider_api):
     api, url = provider_api
-    env = {"VAST_URL": url, "CONTAINER_ID": "38", "CONTAINER_API_KEY": "vast-scoped-key-1234"}
+    env = vast_env(url, "38")
     g = start_guard("--keep-alive-s", 1.5, "--teardown", "vast", env=env, python=PYTHON38,
                     engine=("--token-delay-s", 0.1))  # fmt: skip
     first, ended, chunks = _stream(g, dict(CHAT, max_tokens=5, stream=True))
