@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .models import Attempt, Deployment, DeploymentStatus, Instance
-from .state import Bill, JournalEntry, Observation, State
+from .state import Bill, JournalEntry, Observation, Served, State
 
 __all__ = [
     "DeploymentBill",
@@ -74,7 +74,7 @@ class InstanceSpan:
 
 
 @dataclass(frozen=True)
-class DeploymentBill:
+class DeploymentBill(Served):
     """One deployment's bill: closed (from the ledger) or open (computed up to now)."""
 
     deployment_id: str
@@ -97,14 +97,6 @@ class DeploymentBill:
     completion_tokens: int
     cold_start_s: float | None
     idle_s: float | None
-
-    @property
-    def gpu_s(self) -> float:
-        return self.billed_s * self.gpu_count
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
     def as_json(self) -> dict[str, Any]:
         doc = {k: getattr(self, k) for k in self.__dataclass_fields__}

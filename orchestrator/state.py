@@ -182,8 +182,27 @@ class Event:
     message: str
 
 
+class Served:
+    """What a bill derives from its columns (billed_s, gpu_count, prompt/completion tokens):
+    shared by the ledger's closed rows (Bill) and open ones (ledger.DeploymentBill)."""
+
+    billed_s: float
+    gpu_count: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def gpu_s(self) -> float:
+        """GPU-seconds of the serving instance: billed seconds x GPU count."""
+        return self.billed_s * self.gpu_count
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 @dataclass(frozen=True)
-class Bill:
+class Bill(Served):
     """A closed ledger row: what one deployment cost and what it served."""
 
     deployment_id: str
@@ -201,15 +220,6 @@ class Bill:
     failed_instances: int = 0  # instances of failed attempts: they billed too
     failed_instances_s: float = 0.0
     failed_instances_cost_usd: float = 0.0
-
-    @property
-    def gpu_s(self) -> float:
-        """GPU-seconds of the serving instance: billed seconds x GPU count."""
-        return self.billed_s * self.gpu_count
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 def _from_row(cls: type, row: sqlite3.Row) -> Any:
