@@ -20,7 +20,9 @@ Row rules (one place, so every caller prices the same way):
 - vram_gib is per GPU: GpuInfo's memory when it agrees with the GPU table (see
   `_resolve_gpu` for why it often does not), else the table's usable VRAM for the canonical
   GPU, flagged raw["vram_from_table"] = True.
-- quoted_at is the file's mtime (UTC): a label for how old the prices are, nothing more.
+- quoted_at is when the prices were taken (a label, nothing more): the date in the
+  directory's QUOTED_AT file when there is one (a dated snapshot: its files' mtimes say
+  when it was copied or cloned), else the file's mtime (SkyPilot's own cache).
 
 This module is on the planner's hot path (~10k offers inside a 0.5 s command): it uses the
 csv module, a regex instead of literal_eval for GpuInfo, per-name caches, and
@@ -97,6 +99,28 @@ def catalog_files(path: Path | str) -> dict[str, Path]:
     return found
 
 
+QUOTED_AT_FILE = "QUOTED_AT"
+
+
+def snapshot_quoted_at(directory: Path) -> datetime | None:
+    """When a dated snapshot's prices were taken: the ISO date or time (UTC unless it says
+    otherwise) in `directory/QUOTED_AT`, or None when the directory has no such file."""
+    marker = directory / QUOTED_AT_FILE
+    try:
+        text = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError("catalog", f"{marker} cannot be read ({type(exc).__name__})") from exc
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInputError(
+            "catalog", f"{marker} must hold one ISO date such as 2026-11-22, not {text[:40]!r}"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 def _cloud_of(csv_path: Path) -> str:
     return (csv_path.parent.name if csv_path.name == "vms.csv" else csv_path.stem).lower()
 
@@ -118,10 +142,13 @@ def read_catalog_dir(
     wanted = {c.lower() for c in clouds} if clouds is not None else None
     reader = _Reader(provider, spot)
     oldest: datetime | None = None
-    for cloud, csv_path in catalog_files(path).items():
+    files = catalog_files(path)
+    root = Path(path)
+    dated = snapshot_quoted_at(root if root.is_dir() else root.parent)
+    for cloud, csv_path in files.items():
         if wanted is not None and cloud not in wanted:
             continue
-        quoted_at = datetime.fromtimestamp(csv_path.stat().st_mtime, tz=timezone.utc)
+        quoted_at = dated or datetime.fromtimestamp(csv_path.stat().st_mtime, tz=timezone.utc)
         if reader.read_file(cloud, csv_path, quoted_at) and (oldest is None or quoted_at < oldest):
             oldest = quoted_at
     return CatalogResult(

@@ -218,6 +218,21 @@ def test_quoted_at_is_the_file_date(tmp_path):
     assert all(o.quoted_at.tzinfo is not None for o in result.offers)
 
 
+def test_a_snapshots_quoted_at_file_beats_the_mtimes_of_its_copies(tmp_path):
+    """A cloned or copied snapshot's files are dated the day of the copy: QUOTED_AT says
+    when the prices were taken (the bundled snapshot: 2026-11-22)."""
+    assert read_catalog_dir(CATALOG_DIR).quoted_at == datetime(2026, 11, 22, tzinfo=timezone.utc)
+    shutil.copy(CATALOG_DIR / "lambda.csv", tmp_path / "lambda.csv")  # mtime: now
+    (tmp_path / "QUOTED_AT").write_text("2026-11-20T06:30:00+01:00\n")
+    result = read_catalog_dir(tmp_path)
+    taken = datetime(2026, 11, 20, 5, 30, tzinfo=timezone.utc)
+    assert result.quoted_at == taken and {o.quoted_at for o in result.offers} == {taken}
+    assert read_catalog_dir(tmp_path / "lambda.csv").quoted_at == taken  # one file: its dir's
+    (tmp_path / "QUOTED_AT").write_text("last tuesday")
+    with pytest.raises(BadInputError, match="QUOTED_AT must hold one ISO date"):
+        read_catalog_dir(tmp_path)
+
+
 def test_vram_per_gpu_survives_each_catalogs_gpuinfo_convention(snapshot):
     def find(cloud: str, instance_type: str) -> Offer:
         return next(
