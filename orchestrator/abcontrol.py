@@ -1,5 +1,5 @@
 """The machinery of an A/B rig: cancelling a side inside the launcher, keeping idle sides
-alive, waiting on threads without deafening the main thread to signals."""
+alive, shielding clean-up from signals (waiting on threads: orchestrator.threads)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .abreport import Side
 from .launcher import signals_shielded
 from .loadgen import Target
 
-__all__ = ["Cancellable", "Keeper", "RigCancelled", "join_threads", "signals_ignored"]
+__all__ = ["Cancellable", "Keeper", "RigCancelled", "signals_ignored"]
 
 
 class RigCancelled(BaseException):
@@ -113,18 +113,6 @@ class Keeper(threading.Thread):
                             json={"model": target.model, "max_tokens": 1,
                                   "messages": [{"role": "user", "content": "ping"}]},
                         )  # fmt: skip
-
-
-def join_threads(threads: list[threading.Thread], *, deadline: float | None = None, on_tick=None):
-    """Wait for threads in short slices, so that Ctrl-C and SIGTERM reach this thread."""
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.1)
-        if on_tick is not None:
-            on_tick()
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-    return True
 
 
 # One shield for every cleanup path: the launcher's.

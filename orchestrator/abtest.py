@@ -34,12 +34,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .abcontrol import Cancellable, Keeper, RigCancelled, join_threads, signals_ignored
+from .abcontrol import Cancellable, Keeper, RigCancelled, signals_ignored
 from .abreport import Side, Summary, side_metrics
 from .abrules import comparison, evaluate, parse_rules
 from .errors import BadInputError, DeployctlError
 from .launcher import Launcher, LaunchOptions, UpResult, destroy_and_verify
 from .loadgen import Prompt, RunResult, Target, load_prompts, request_order, run_load
+from .threads import Worker, join_threads
 
 __all__ = ["Rig", "RigOptions", "ab_command", "parse_sets"]
 
@@ -171,7 +172,7 @@ class Rig:
         self.deadline = time.monotonic() + self.ttl_s
         self.margin_s = min(300.0, max(20.0, self.ttl_s * 0.1))  # kept for teardown
         self.load_order = "sequential" if opts.sequential else "parallel"
-        self.threads: list[threading.Thread] = []
+        self.threads: list[Worker] = []
 
     # -- planning ---------------------------------------------------------------------
     def plan(self, config) -> dict[str, list]:
@@ -236,7 +237,7 @@ class Rig:
         self.keeper.start()
         for name in ("a", "b"):
             args = (name, candidates[name], gates[name])
-            t = threading.Thread(target=self._deploy, args=args, name=f"ab-{name}", daemon=True)
+            t = Worker(self._deploy, *args, name=f"ab-{name}")
             self.threads.append(t)
             t.start()
         if not join_threads(self.threads, deadline=self.deadline - self.margin_s):
@@ -272,11 +273,9 @@ class Rig:
 
     def measure(self) -> None:
         if self.load_order == "parallel":
-            threads = [threading.Thread(target=self._exercise, args=(n,), daemon=True)
-                       for n in ("a", "b")]  # fmt: skip
+            threads = [Worker(self._exercise, n, name=f"ab-load-{n}") for n in ("a", "b")]
         else:
-            threads = [threading.Thread(
-                target=lambda: (self._exercise("a"), self._exercise("b")), daemon=True)]
+            threads = [Worker(lambda: (self._exercise("a"), self._exercise("b")), name="ab-load")]
         for t in threads:
             t.start()
         join_threads(threads)
@@ -293,8 +292,7 @@ class Rig:
             if side.run is not None:
                 side.run = side.run.snapshot()
         join_threads(self.threads)  # deploying sides clean up after themselves
-        downs = [threading.Thread(target=self._down, args=(n, reason), daemon=True)
-                 for n in self.results]  # fmt: skip
+        downs = [Worker(self._down, n, reason, name=f"ab-down-{n}") for n in self.results]
         for t in downs:
             t.start()
         join_threads(downs)

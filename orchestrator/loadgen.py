@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
+from .threads import Worker, join_threads
 
 __all__ = [
     "Expectation",
@@ -386,14 +387,10 @@ def run_load(
                 if on_result is not None:
                     on_result(result)
 
-    threads = [
-        threading.Thread(target=worker, name=f"loadgen-{n}", daemon=True)
-        for n in range(max(1, min(concurrency, len(queue))))
-    ]
+    workers = max(1, min(concurrency, len(queue)))
+    threads = [Worker(worker, name=f"loadgen-{n}") for n in range(workers)]
     for t in threads:
         t.start()
-    for t in threads:
-        while t.is_alive():  # short joins: signals reach the main thread at once
-            t.join(0.1)
+    join_threads(threads)  # in short slices: signals reach the main thread at once
     run.finish()
     return run
