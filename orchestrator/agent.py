@@ -248,8 +248,9 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-        _reply(conn, {"exit": code if isinstance(code, int) else 1})
-        os._exit(code if isinstance(code, int) else 1)
+        code = code if isinstance(code, int) else 1
+        _reply(conn, {"exit": code})
+        os._exit(code)
 
 
 def _take_streams(request: dict, fds: list[int]) -> None:
